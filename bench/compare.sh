@@ -1,0 +1,195 @@
+#!/usr/bin/env bash
+# Pass-through Dispatch throughput: tyk-dispatcher (default config) against a Python grpc.aio
+# echo server, one after the other on the same machine under the same load.
+#
+#   bench/compare.sh            # from anywhere; needs cargo, python3 (with venv) and taskset
+#
+# Each server runs alone on CPU $SERVER_CPU and the load generator on CPU $LOADGEN_CPU. The
+# load: the tutorial's Dispatch payload, $CONNECTIONS connections x $STREAMS calls in flight,
+# $WARMUP_SECS s of warm-up, then $DURATION_SECS s measured. Prints a table, writes
+# target/bench/compare.json, and exits 1 when Rust/Python throughput is below $MIN_RATIO (or
+# 2 when a run failed).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+MIN_RATIO="${MIN_RATIO:-10}"
+CONNECTIONS="${CONNECTIONS:-16}"
+STREAMS="${STREAMS:-8}"
+WARMUP_SECS="${WARMUP_SECS:-2}"
+DURATION_SECS="${DURATION_SECS:-10}"
+SERVER_CPU="${SERVER_CPU:-0}"
+LOADGEN_CPU="${LOADGEN_CPU:-1}"
+READY_SECS="${READY_SECS:-60}"
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="$TARGET_DIR/bench"
+VENV="$TARGET_DIR/bench-venv"
+DISPATCHER="$TARGET_DIR/release/tyk-dispatcher"
+LOADGEN="$TARGET_DIR/release/examples/loadgen"
+mkdir -p "$OUT"
+
+log() { printf 'compare: %s\n' "$*" >&2; }
+die() { log "$*"; exit 2; }
+
+for tool in cargo python3 taskset curl; do
+    command -v "$tool" >/dev/null || die "$tool is not installed"
+done
+for cpu in "$SERVER_CPU" "$LOADGEN_CPU"; do
+    taskset -c "$cpu" true 2>/dev/null || die "cannot pin to CPU $cpu (this machine has $(nproc))"
+done
+[ "$SERVER_CPU" != "$LOADGEN_CPU" ] || log "warning: server and load generator share CPU $SERVER_CPU"
+
+# --- everything this script starts is stopped on exit -------------------------------------
+PIDS=()
+stop_pid() {
+    local pid="$1"
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 50); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# --- build ----------------------------------------------------------------------------------
+if [ -z "${SKIP_BUILD:-}" ]; then
+    log "building release binaries"
+    timeout 1800 cargo build --release --bin tyk-dispatcher --example loadgen >&2
+fi
+[ -x "$DISPATCHER" ] && [ -x "$LOADGEN" ] || die "missing $DISPATCHER or $LOADGEN"
+
+# --- Python environment ---------------------------------------------------------------------
+STAMP="$VENV/.requirements.sha256"
+WANT="$(sha256sum bench/requirements.txt | cut -d' ' -f1)"
+if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
+    log "setting up $VENV"
+    rm -rf "$VENV"
+    python3 -m venv "$VENV"
+    timeout 600 "$VENV/bin/pip" install --quiet --disable-pip-version-check -r bench/requirements.txt
+    echo "$WANT" >"$STAMP"
+fi
+PY="$VENV/bin/python"
+
+free_port() {
+    "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+# Runs the load against $1 (label) at $2 (host:port) for server pid $3; result in $OUT/$1.json.
+run_load() {
+    local label="$1" addr="$2" pid="$3" limit rc=0
+    limit=$(awk -v w="$WARMUP_SECS" -v d="$DURATION_SECS" 'BEGIN { print int(w + d + 60) }')
+    log "$label: $CONNECTIONS connections x $STREAMS streams, ${WARMUP_SECS}s warm-up + ${DURATION_SECS}s measured"
+    timeout "$limit" taskset -c "$LOADGEN_CPU" "$LOADGEN" \
+        --target "http://$addr" --connections "$CONNECTIONS" --streams "$STREAMS" \
+        --warmup-secs "$WARMUP_SECS" --duration-secs "$DURATION_SECS" \
+        --server-pid "$pid" --label "$label" --json >"$OUT/$label.json" || rc=$?
+    kill -0 "$pid" 2>/dev/null || die "$label: the server died during the run"
+    [ "$rc" -eq 0 ] || die "$label: load generator failed (exit $rc): $(cat "$OUT/$label.json")"
+}
+
+# --- (a) Python baseline --------------------------------------------------------------------
+PY_PORT="$(free_port)"
+rm -f "$OUT/python.ready"
+taskset -c "$SERVER_CPU" "$PY" bench/baseline_server.py "127.0.0.1:$PY_PORT" \
+    --ready-file "$OUT/python.ready" >"$OUT/python-server.log" 2>&1 &
+PY_PID=$!
+PIDS+=("$PY_PID")
+for _ in $(seq $((READY_SECS * 10))); do
+    [ -s "$OUT/python.ready" ] && break
+    kill -0 "$PY_PID" 2>/dev/null || die "Python baseline exited: $(cat "$OUT/python-server.log")"
+    sleep 0.1
+done
+timeout "$((READY_SECS + 10))" taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "http://127.0.0.1:$PY_PORT" \
+    --probe-only --wait-ready-secs "$READY_SECS" >/dev/null || die "Python baseline never answered"
+run_load python "127.0.0.1:$PY_PORT" "$PY_PID"
+stop_pid "$PY_PID"
+
+# --- (b) tyk-dispatcher, default config -----------------------------------------------------
+RS_PORT="$(free_port)"
+ADMIN_PORT="$(free_port)"
+# Only the two listen addresses differ from the defaults: drop any inherited settings.
+unset_env=()
+while IFS= read -r name; do unset_env+=(-u "$name"); done \
+    < <(env | grep -oE '^(TYK_DISPATCHER_|TYK_GW_COPROCESSOPTIONS_)[A-Z0-9_]*' || true)
+env "${unset_env[@]}" \
+    TYK_DISPATCHER_LISTEN="127.0.0.1:$RS_PORT" TYK_DISPATCHER_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
+    taskset -c "$SERVER_CPU" "$DISPATCHER" >"$OUT/rust-server.log" 2>&1 &
+RS_PID=$!
+PIDS+=("$RS_PID")
+ready=""
+for _ in $(seq $((READY_SECS * 10))); do
+    if curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null; then
+        ready=1
+        break
+    fi
+    kill -0 "$RS_PID" 2>/dev/null || die "tyk-dispatcher exited: $(tail -n 20 "$OUT/rust-server.log")"
+    sleep 0.1
+done
+[ -n "$ready" ] || die "tyk-dispatcher not ready after ${READY_SECS}s"
+run_load rust "127.0.0.1:$RS_PORT" "$RS_PID"
+stop_pid "$RS_PID"
+
+# --- report ---------------------------------------------------------------------------------
+SERVER_CPU="$SERVER_CPU" LOADGEN_CPU="$LOADGEN_CPU" "$PY" - "$OUT" "$MIN_RATIO" <<'EOF'
+import json, os, platform, subprocess, sys, time
+
+out, min_ratio = sys.argv[1], float(sys.argv[2])
+runs = {name: json.load(open(os.path.join(out, f"{name}.json"))) for name in ("python", "rust")}
+ratio = runs["rust"]["throughput"] / runs["python"]["throughput"]
+
+def fmt(v, spec, scale=1, unit=""):
+    return "n/a" if v is None else format(v * scale, spec) + unit
+
+model = ""
+try:
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+except OSError:
+    pass
+
+print()
+print(f"{'server':<8} {'calls/s':>10} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/call':>12} {'server CPU':>11} {'loadgen CPU':>12}")
+for name, r in runs.items():
+    lat = r["latency_us"]
+    util = r.get("server_cpu_util")
+    cutil = r.get("client_cpu_util")
+    print(
+        f"{name:<8} {r['throughput']:>10.0f} {lat['p50'] / 1000:>8.2f} {lat['p99'] / 1000:>8.2f}"
+        f" {fmt(r.get('server_cpu_us_per_call'), '.1f'):>12}"
+        f" {fmt(util, '.0f', 100, '%'):>11} {fmt(cutil, '.0f', 100, '%'):>12}"
+    )
+print(f"\nRust/Python throughput: {ratio:.1f}x (required: {min_ratio:g}x)")
+py_cpu, rs_cpu = runs["python"].get("server_cpu_us_per_call"), runs["rust"].get("server_cpu_us_per_call")
+if py_cpu and rs_cpu:
+    print(f"Python/Rust CPU per call: {py_cpu / rs_cpu:.1f}x")
+if (runs["rust"].get("client_cpu_util") or 0) > 0.9:
+    print("note: the load generator used a whole core during the Rust run, so the Rust figure"
+          " is a lower bound (the load generator, not the server, set the pace)")
+
+summary = {
+    "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    "machine": {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release()},
+    "server_cpu": int(os.environ.get("SERVER_CPU", "0")),
+    "loadgen_cpu": int(os.environ.get("LOADGEN_CPU", "1")),
+    "min_ratio": min_ratio,
+    "ratio": ratio,
+    "pass": ratio >= min_ratio,
+    "runs": runs,
+}
+with open(os.path.join(out, "compare.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+print(f"results: {os.path.join(out, 'compare.json')}")
+sys.exit(0 if ratio >= min_ratio else 1)
+EOF

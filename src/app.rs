@@ -1,0 +1,290 @@
+//! [`App::build`] binds every listener (so port 0 works and bind errors surface before any
+//! serving); [`App::run_until_stopped`] serves until told to stop, then drains in order.
+
+use std::{net::SocketAddr, sync::Arc};
+
+use tokio::{net::TcpListener, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::{
+    admin,
+    config::{Config, ListenAddr, Problems},
+    dispatcher::{Dispatcher, LogSettings},
+    lifecycle::Lifecycle,
+    limits::{InFlightBudget, ReplyPolicy},
+    listener::{self, BindError, BindOptions, BoundAddr, Listener},
+    metrics::Metrics,
+    pb,
+    server::{self, ConnectionServer},
+    tls::{ReloadingConfig, TlsError, TlsFiles},
+};
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] Problems),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(#[from] TlsError),
+    /// The reflection descriptors are broken (a build defect).
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The admin server failed.
+    #[error("admin server: {0}")]
+    Admin(std::io::Error),
+}
+
+/// A server with every listener bound, ready to run.
+#[derive(Debug)]
+pub struct App {
+    config: Config,
+    grpc: Vec<(Listener, Option<Arc<ReloadingConfig>>)>,
+    admin: Vec<TcpListener>,
+    tls: Option<Arc<ReloadingConfig>>,
+    connections: ConnectionServer,
+    health: HealthReporter,
+    lifecycle: Lifecycle,
+    metrics: Metrics,
+}
+
+impl App {
+    /// Validates `config`, loads TLS files and binds every listener.
+    ///
+    /// # Errors
+    /// Invalid config, unusable TLS files, or an address that cannot be bound.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        config.validate()?;
+        let metrics = Metrics::default();
+        let lifecycle = Lifecycle::default();
+        let dispatcher = Dispatcher::new(
+            LogSettings {
+                calls: config.log_calls,
+                objects: config.log_objects,
+            },
+            InFlightBudget::new(config.in_flight_budget()),
+            ReplyPolicy::new(config.max_reply_bytes, metrics.clone()),
+            metrics.clone(),
+        );
+        let (routes, health) = server::routes(&config, dispatcher)?;
+        // Not serving until every listener is up.
+        health
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        health
+            .set_service_status(pb::SERVICE_NAME, ServingStatus::NotServing)
+            .await;
+
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) if !config.tls_listen.is_empty() => {
+                Some(ReloadingConfig::load(TlsFiles {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: config.tls_client_ca.clone(),
+                })?)
+            }
+            _ => None,
+        };
+        let options = BindOptions {
+            reuse_port: config.reuse_port,
+            // Validated above.
+            unix_mode: config.unix_socket_mode_bits().unwrap_or(0o660),
+        };
+        let mut grpc = Vec::new();
+        for addr in config
+            .listen_addrs()
+            .map_err(|e| Problems(vec![crate::config::Problem::new("listen", e.to_string())]))?
+        {
+            grpc.extend(
+                listener::bind(&addr, &options)?
+                    .into_iter()
+                    .map(|l| (l, None)),
+            );
+        }
+        for addr in config.tls_listen.parse().map_err(|e| {
+            Problems(vec![crate::config::Problem::new(
+                "tls_listen",
+                e.to_string(),
+            )])
+        })? {
+            grpc.extend(
+                listener::bind(&addr, &options)?
+                    .into_iter()
+                    .map(|l| (l, tls.clone())),
+            );
+        }
+        let admin_addr = config.admin_addr().map_err(|e| {
+            Problems(vec![crate::config::Problem::new(
+                "admin_listen",
+                e.to_string(),
+            )])
+        })?;
+        let admin = bind_admin(&admin_addr)?;
+        let connections =
+            ConnectionServer::new(&config, routes, lifecycle.clone(), metrics.clone());
+        Ok(Self {
+            config,
+            grpc,
+            admin,
+            tls,
+            connections,
+            health,
+            lifecycle,
+            metrics,
+        })
+    }
+
+    /// Where the gRPC listeners are bound (plaintext first, then TLS).
+    pub fn grpc_addrs(&self) -> Vec<BoundAddr> {
+        self.grpc
+            .iter()
+            .map(|(listener, _)| listener.local_addr())
+            .collect()
+    }
+
+    /// Where the (first) admin listener is bound.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+            .first()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The server's lifecycle state (readiness, open connections).
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.lifecycle.clone()
+    }
+
+    /// The server's metrics.
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Serves until `stop` is cancelled, then drains: not ready at once; wait for clients to
+    /// disconnect (at most `drain_delay_secs`); close listeners; GOAWAY; give in-flight calls
+    /// `shutdown_grace_secs`.
+    ///
+    /// # Errors
+    /// When the admin server fails.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
+        let Self {
+            config,
+            grpc,
+            admin,
+            tls,
+            connections,
+            health,
+            lifecycle,
+            metrics,
+        } = self;
+        let admin_stop = CancellationToken::new();
+        let mut admin_tasks = JoinSet::new();
+        let router = admin::router(admin::AdminState {
+            lifecycle: lifecycle.clone(),
+            metrics,
+        });
+        for listener in admin {
+            tracing::info!(addr = %listener.local_addr().map_err(AppError::Admin)?, "admin interface");
+            admin_tasks.spawn(admin::serve(listener, router.clone(), admin_stop.clone()));
+        }
+        if let Some(tls) = &tls {
+            let interval = std::time::Duration::from_secs(config.tls_reload_interval_secs);
+            tokio::spawn(tls.clone().watch(interval, admin_stop.clone()));
+        }
+        let mut accept_loops = Vec::new();
+        for (listener, tls) in grpc {
+            tracing::info!(
+                addr = %listener.local_addr(),
+                tls = tls.is_some(),
+                mtls = tls.is_some() && config.tls_client_ca.is_some(),
+                "gRPC listener"
+            );
+            accept_loops.push(connections.spawn_accept_loop(listener, tls));
+        }
+        set_health(&health, ServingStatus::Serving).await;
+        lifecycle.set_ready(true);
+        tracing::info!(
+            max_recv_bytes = config.max_recv_bytes,
+            max_reply_bytes = config.max_reply_bytes,
+            reflection = config.reflection,
+            "serving"
+        );
+
+        tokio::select! {
+            () = stop.cancelled() => {}
+            Some(result) = admin_tasks.join_next() => {
+                if let Ok(Err(err)) = result {
+                    return Err(AppError::Admin(err));
+                }
+            }
+        }
+
+        lifecycle.set_ready(false);
+        set_health(&health, ServingStatus::NotServing).await;
+        let open = lifecycle.open_connections();
+        tracing::info!(
+            open_connections = open,
+            max_drain_secs = config.drain_delay_secs,
+            "draining"
+        );
+        tokio::select! {
+            () = lifecycle.connections_closed() => tracing::info!("every client disconnected"),
+            () = tokio::time::sleep(config.drain_delay()) => {
+                tracing::info!(open_connections = lifecycle.open_connections(), "drain delay over");
+            }
+        }
+        // Listeners close before any GOAWAY, so reconnecting clients cannot land in a dead
+        // accept queue.
+        lifecycle.close_listeners_token().cancel();
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        lifecycle.goaway_token().cancel();
+        if tokio::time::timeout(config.shutdown_grace(), lifecycle.connections_closed())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open_connections = lifecycle.open_connections(),
+                grace_secs = config.shutdown_grace_secs,
+                "calls still in flight after the shutdown grace period: closing their connections"
+            );
+            lifecycle.abort_token().cancel();
+            let _ = tokio::time::timeout(
+                std::time::Duration::from_secs(1),
+                lifecycle.connections_closed(),
+            )
+            .await;
+        }
+        admin_stop.cancel();
+        while admin_tasks.join_next().await.is_some() {}
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health.set_service_status(pb::SERVICE_NAME, status).await;
+}
+
+fn bind_admin(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
+    listener::bind(addr, &BindOptions::default())?
+        .into_iter()
+        .map(|listener| match listener {
+            Listener::Tcp(listener) => Ok(listener),
+            Listener::Unix(..) => Err(BindError {
+                addr: addr.to_string(),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "the admin port must be TCP",
+                ),
+            }),
+        })
+        .collect()
+}

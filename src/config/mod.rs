@@ -1,0 +1,440 @@
+//! Configuration: one [`Config`] tree with every default, loaded from defaults < TOML file <
+//! `TYK_DISPATCHER_*` env < command-line flags, completed by the gateway's own
+//! `TYK_GW_COPROCESSOPTIONS_*` variables, and validated before anything binds.
+
+mod address;
+mod gateway;
+mod sources;
+
+use std::{path::PathBuf, time::Duration};
+
+use serde::{Deserialize, Serialize};
+
+pub use address::{AddressError, AddressList, Host, ListenAddr};
+pub use gateway::GatewayOptions;
+pub use sources::{CliOverrides, Loaded, Sources, load};
+
+/// Where the gRPC server listens when nothing else says.
+pub const DEFAULT_LISTEN: &str = "[::]:50051";
+/// Where the admin HTTP server listens by default.
+pub const DEFAULT_ADMIN_LISTEN: &str = "[::]:9464";
+/// The gateway's receive limit when it sets none (gRPC-Go's default).
+pub const GATEWAY_DEFAULT_RECV_BYTES: usize = 4 * 1024 * 1024;
+/// 64 MiB: the default receive limit; the gateway sends bodies of any size.
+pub const DEFAULT_MAX_RECV_BYTES: usize = 64 * 1024 * 1024;
+/// The in-flight budget when none is set: at least this, and at least four largest messages.
+pub const MIN_DEFAULT_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
+/// gRPC frames carry a 32-bit length.
+pub const MAX_MESSAGE_BYTES: usize = u32::MAX as usize;
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The whole configuration. Field names are the file keys; env names are
+/// `TYK_DISPATCHER_` + the upper-cased key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Plaintext gRPC listeners. Unset: the gateway's `COPROCESSGRPCSERVER`, else `[::]:50051`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<AddressList>,
+    /// TLS gRPC listeners.
+    pub tls_listen: AddressList,
+    /// PEM certificate chain for TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS listeners.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle; when set, TLS clients must present a certificate it signed (mTLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// How often certificate files are checked for changes.
+    pub tls_reload_interval_secs: u64,
+    /// File mode of Unix sockets, octal digits.
+    pub unix_socket_mode: String,
+    /// SO_REUSEPORT on TCP listeners, so a new instance can bind before the old one leaves.
+    pub reuse_port: bool,
+    /// The admin HTTP listener (`/livez`, `/readyz`, `/metrics`).
+    pub admin_listen: String,
+    /// Largest request message accepted.
+    pub max_recv_bytes: usize,
+    /// Largest reply sent; unset: the gateway's `GRPCRECVMAXSIZE` if given, else no limit
+    /// (replies over the gateway's 4 MiB default are warned about).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_reply_bytes: Option<usize>,
+    /// Longest drain after SIGTERM while clients are still connected.
+    pub drain_delay_secs: u64,
+    /// Time for in-flight calls to finish once the listeners are closed.
+    pub shutdown_grace_secs: u64,
+    /// Close client connections (GOAWAY) after this long, ±10%, so clients re-resolve.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_age_secs: Option<u64>,
+    /// After a connection's age GOAWAY, how long its in-flight calls may take.
+    pub max_connection_age_grace_secs: u64,
+    /// HTTP/2 PING interval; unset: no pings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive_interval_secs: Option<u64>,
+    /// How long a PING may go unanswered before the connection is closed.
+    pub keepalive_timeout_secs: u64,
+    /// Concurrent calls per connection.
+    pub max_concurrent_streams: u32,
+    /// Bytes of requests held at once across all calls; over it, calls get RESOURCE_EXHAUSTED.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight_bytes: Option<usize>,
+    /// Runtime worker threads; unset: the CPUs this process may use.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_threads: Option<usize>,
+    /// Serve gRPC reflection.
+    pub reflection: bool,
+    /// One INFO line per call.
+    pub log_calls: bool,
+    /// Log each Object as JSON (secrets redacted, bodies summarised).
+    pub log_objects: bool,
+    /// `text` or `json`.
+    pub log_format: LogFormat,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: None,
+            tls_listen: AddressList::default(),
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            tls_reload_interval_secs: 10,
+            unix_socket_mode: "0660".to_string(),
+            reuse_port: false,
+            admin_listen: DEFAULT_ADMIN_LISTEN.to_string(),
+            max_recv_bytes: DEFAULT_MAX_RECV_BYTES,
+            max_reply_bytes: None,
+            drain_delay_secs: 45,
+            shutdown_grace_secs: 30,
+            max_connection_age_secs: None,
+            max_connection_age_grace_secs: 30,
+            keepalive_interval_secs: None,
+            keepalive_timeout_secs: 20,
+            max_concurrent_streams: 1024,
+            max_in_flight_bytes: None,
+            worker_threads: None,
+            reflection: true,
+            log_calls: true,
+            log_objects: false,
+            log_format: LogFormat::Text,
+        }
+    }
+}
+
+/// One thing wrong with a configuration, naming the key and the value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct Problem {
+    /// The key (or env variable) at fault.
+    pub key: String,
+    /// What is wrong with its value.
+    pub message: String,
+}
+
+impl Problem {
+    pub(crate) fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct Problems(pub Vec<Problem>);
+
+impl Config {
+    /// A configuration for tests and tools: every gRPC and admin listener on `127.0.0.1:0`.
+    pub fn for_loopback() -> Self {
+        Self {
+            listen: Some(AddressList::of(&["127.0.0.1:0"])),
+            admin_listen: "127.0.0.1:0".to_string(),
+            ..Self::default()
+        }
+    }
+
+    /// The plaintext listen addresses in effect.
+    ///
+    /// # Errors
+    /// An entry that does not parse.
+    pub fn listen_addrs(&self) -> Result<Vec<ListenAddr>, AddressError> {
+        match &self.listen {
+            Some(list) => list.parse(),
+            None => Ok(vec![ListenAddr::parse(DEFAULT_LISTEN)?]),
+        }
+    }
+
+    /// The Unix socket mode as permission bits.
+    ///
+    /// # Errors
+    /// A message when the value is not octal digits up to 0777.
+    pub fn unix_socket_mode_bits(&self) -> Result<u32, String> {
+        let digits = self.unix_socket_mode.trim();
+        let digits = digits.strip_prefix("0o").unwrap_or(digits);
+        match u32::from_str_radix(digits, 8) {
+            Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
+            _ => Err(format!(
+                "{:?} is not a file mode (octal digits such as 0660)",
+                self.unix_socket_mode
+            )),
+        }
+    }
+
+    /// The in-flight byte budget in effect.
+    pub fn in_flight_budget(&self) -> usize {
+        self.max_in_flight_bytes.unwrap_or_else(|| {
+            MIN_DEFAULT_IN_FLIGHT_BYTES.max(self.max_recv_bytes.saturating_mul(4))
+        })
+    }
+
+    /// `shutdown_grace_secs` as a duration.
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace_secs)
+    }
+
+    /// `drain_delay_secs` as a duration.
+    pub fn drain_delay(&self) -> Duration {
+        Duration::from_secs(self.drain_delay_secs)
+    }
+
+    /// Checks every value; returns all problems at once.
+    ///
+    /// # Errors
+    /// [`Problems`] listing each key and value at fault.
+    pub fn validate(&self) -> Result<(), Problems> {
+        let mut problems = Vec::new();
+        let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
+
+        let mut seen = Vec::new();
+        match self.listen_addrs() {
+            Ok(addrs) => seen.extend(addrs),
+            Err(err) => push("listen", err.to_string()),
+        }
+        if matches!(&self.listen, Some(list) if list.is_empty()) && self.tls_listen.is_empty() {
+            push(
+                "listen",
+                "empty, and no tls_listen either: nothing to serve on".into(),
+            );
+        }
+        match self.tls_listen.parse() {
+            Ok(addrs) => seen.extend(addrs),
+            Err(err) => push("tls_listen", err.to_string()),
+        }
+        for (i, addr) in seen.iter().enumerate() {
+            let port_zero = matches!(addr, ListenAddr::Tcp { port: 0, .. });
+            if !port_zero && seen[..i].contains(addr) {
+                push("listen", format!("{addr} is listed twice"));
+            }
+        }
+        self.validate_tls(&mut push);
+        if let Err(err) = self.admin_addr() {
+            push("admin_listen", err.to_string());
+        }
+        if let Err(message) = self.unix_socket_mode_bits() {
+            push("unix_socket_mode", message);
+        }
+        if self.max_recv_bytes == 0 || self.max_recv_bytes > MAX_MESSAGE_BYTES {
+            push(
+                "max_recv_bytes",
+                format!(
+                    "{} is out of range (1 to {MAX_MESSAGE_BYTES})",
+                    self.max_recv_bytes
+                ),
+            );
+        }
+        if let Some(limit) = self.max_reply_bytes
+            && (limit == 0 || limit > MAX_MESSAGE_BYTES)
+        {
+            push(
+                "max_reply_bytes",
+                format!("{limit} is out of range (1 to {MAX_MESSAGE_BYTES})"),
+            );
+        }
+        if let Some(budget) = self.max_in_flight_bytes
+            && budget < self.max_recv_bytes
+        {
+            push(
+                "max_in_flight_bytes",
+                format!(
+                    "{budget} is below max_recv_bytes ({}): a message of the allowed size could never be served",
+                    self.max_recv_bytes
+                ),
+            );
+        }
+        if self.max_concurrent_streams == 0 {
+            push("max_concurrent_streams", "0 would refuse every call".into());
+        }
+        if self.max_connection_age_secs == Some(0) {
+            push(
+                "max_connection_age_secs",
+                "0 would close every connection at once; leave it unset to turn it off".into(),
+            );
+        }
+        if matches!(self.worker_threads, Some(n) if n == 0 || n > 1024) {
+            push(
+                "worker_threads",
+                format!(
+                    "{} is out of range (1 to 1024)",
+                    self.worker_threads.unwrap_or(0)
+                ),
+            );
+        }
+        if self.keepalive_interval_secs == Some(0) {
+            push(
+                "keepalive_interval_secs",
+                "0 is not an interval; leave it unset to send no pings".into(),
+            );
+        }
+        if self.tls_reload_interval_secs == 0 {
+            push("tls_reload_interval_secs", "0 is not an interval".into());
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems))
+        }
+    }
+
+    fn validate_tls(&self, push: &mut impl FnMut(&str, String)) {
+        let serving_tls = !self.tls_listen.is_empty();
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => push("tls_key", "missing: tls_cert is set without it".into()),
+            (None, Some(_)) => push("tls_cert", "missing: tls_key is set without it".into()),
+            (None, None) if serving_tls => push(
+                "tls_listen",
+                "TLS listeners need tls_cert and tls_key".into(),
+            ),
+            _ => {}
+        }
+        if !serving_tls && (self.tls_cert.is_some() || self.tls_client_ca.is_some()) {
+            push(
+                "tls_listen",
+                "empty, but TLS certificates are configured: add a tls_listen address or remove them".into(),
+            );
+        }
+        for (key, path) in [
+            ("tls_cert", &self.tls_cert),
+            ("tls_key", &self.tls_key),
+            ("tls_client_ca", &self.tls_client_ca),
+        ] {
+            if let Some(path) = path
+                && let Err(err) = std::fs::metadata(path)
+            {
+                push(key, format!("cannot read {}: {err}", path.display()));
+            }
+        }
+    }
+
+    /// The admin listen address.
+    ///
+    /// # Errors
+    /// When it does not parse or is a Unix socket.
+    pub fn admin_addr(&self) -> Result<ListenAddr, AddressError> {
+        match ListenAddr::parse(&self.admin_listen)? {
+            ListenAddr::Unix(_) => Err(AddressError::Scheme(self.admin_listen.clone())),
+            addr => Ok(addr),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_as_documented() {
+        let config = Config::default();
+        config.validate().expect("defaults are valid");
+        assert_eq!(
+            config.listen_addrs().unwrap(),
+            vec![ListenAddr::parse("[::]:50051").unwrap()]
+        );
+        assert_eq!(config.max_recv_bytes, 67_108_864);
+        assert_eq!(config.unix_socket_mode_bits(), Ok(0o660));
+        assert_eq!(config.in_flight_budget(), 268_435_456);
+        assert!(config.log_calls && !config.log_objects && config.reflection);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_key_and_value() {
+        let config = Config {
+            listen: Some(AddressList::of(&[
+                "nowhere:1",
+                "127.0.0.1:7",
+                "127.0.0.1:7",
+            ])),
+            unix_socket_mode: "0999".into(),
+            max_recv_bytes: 0,
+            tls_listen: AddressList::of(&["127.0.0.1:0"]),
+            tls_cert: Some("/nonexistent/cert.pem".into()),
+            worker_threads: Some(0),
+            ..Config::default()
+        };
+        let Problems(problems) = config.validate().unwrap_err();
+        let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let all = text.join("\n");
+        assert!(
+            all.contains("listen: \"nowhere:1\": the host must be an IP literal or localhost"),
+            "{all}"
+        );
+        assert!(
+            all.contains("unix_socket_mode: \"0999\" is not a file mode"),
+            "{all}"
+        );
+        assert!(all.contains("max_recv_bytes: 0 is out of range"), "{all}");
+        assert!(all.contains("tls_key: missing"), "{all}");
+        assert!(
+            all.contains("tls_cert: cannot read /nonexistent/cert.pem"),
+            "{all}"
+        );
+        assert!(all.contains("worker_threads: 0 is out of range"), "{all}");
+    }
+
+    #[test]
+    fn duplicate_listeners_are_refused() {
+        let config = Config {
+            listen: Some(AddressList::of(&["127.0.0.1:7", "tcp://127.0.0.1:7"])),
+            ..Config::default()
+        };
+        let Problems(problems) = config.validate().unwrap_err();
+        assert_eq!(
+            problems[0].to_string(),
+            "listen: 127.0.0.1:7 is listed twice"
+        );
+    }
+
+    #[test]
+    fn in_flight_budget_grows_with_the_receive_limit() {
+        let config = Config {
+            max_recv_bytes: 100 * 1024 * 1024,
+            ..Config::default()
+        };
+        assert_eq!(config.in_flight_budget(), 400 * 1024 * 1024);
+        let explicit = Config {
+            max_in_flight_bytes: Some(1),
+            ..Config::default()
+        };
+        assert!(
+            explicit
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("max_in_flight_bytes: 1 is below")
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! tyk-dispatcher: a gRPC plugin server (`coprocess.Dispatcher`) for Tyk Gateway.
+//!
+//! # Layout
+//! - [`app`]: [`App::build`] binds every listener; [`App::run_until_stopped`] serves and drains.
+//! - [`config`]: the configuration tree, its sources (file, env, flags, the gateway's own
+//!   variables) and validation.
+//! - [`dispatcher`]: the `Dispatch`/`DispatchEvent` handlers.
+//! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
+//! - [`object_log`]: the Object as canonical JSON with secrets redacted.
+//! - [`limits`]: message size and in-flight byte budgets.
+//! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
+//! - [`listener`]: TCP, Unix-socket and TLS listeners.
+//! - [`tls`]: rustls configuration with certificate reload.
+//! - [`admin`]: the side HTTP port: `/livez`, `/readyz`, `/metrics`.
+//! - [`metrics`]: Prometheus metrics.
+//! - [`lifecycle`]: readiness, connection tracking, drain and shutdown signals.
+//! - [`telemetry`]: log output.
+//! - [`cli`]: command-line flags and `check-config`.
+//! - [`pb`]: generated protocol types.
+
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod codec;
+pub mod config;
+pub mod dispatcher;
+pub mod lifecycle;
+pub mod limits;
+pub mod listener;
+pub mod metrics;
+pub mod object_log;
+pub mod pb;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+pub mod wire;
+
+pub use app::App;
+pub use config::Config;

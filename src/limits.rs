@@ -1,0 +1,240 @@
+//! Message-size and memory budgets: the in-flight byte budget and the reply size policy.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicUsize, Ordering},
+};
+
+use bytes::Bytes;
+use tonic::Status;
+
+use crate::{config::GATEWAY_DEFAULT_RECV_BYTES, metrics::Metrics, wire};
+
+/// Bytes of request messages held at once across all calls.
+///
+/// A gateway sets no deadline, sends 64 MiB messages and opens as many streams as it likes;
+/// without a budget a burst of large bodies could run a sidecar out of memory.
+#[derive(Debug, Clone)]
+pub struct InFlightBudget {
+    held: Arc<AtomicUsize>,
+    total: usize,
+}
+
+/// A share of the budget, returned when dropped.
+#[derive(Debug)]
+pub struct BudgetShare {
+    held: Arc<AtomicUsize>,
+    bytes: usize,
+}
+
+impl Drop for BudgetShare {
+    fn drop(&mut self) {
+        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+impl InFlightBudget {
+    /// A budget of `total` bytes.
+    pub fn new(total: usize) -> Self {
+        Self {
+            held: Arc::new(AtomicUsize::new(0)),
+            total,
+        }
+    }
+
+    /// Takes `bytes` from the budget, or refuses with RESOURCE_EXHAUSTED naming the figures.
+    ///
+    /// # Errors
+    /// When the budget cannot hold `bytes` more.
+    pub fn take(&self, bytes: usize) -> Result<BudgetShare, Status> {
+        let total = self.total;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|after| *after <= total)
+            })
+            .map(|_| BudgetShare {
+                held: self.held.clone(),
+                bytes,
+            })
+            .map_err(|held| {
+                Status::resource_exhausted(format!(
+                    "in-flight budget exhausted: this call needs {bytes} bytes while {held} of {total} bytes (max_in_flight_bytes) are held by other calls"
+                ))
+            })
+    }
+
+    /// Bytes held now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+}
+
+/// What the reply policy did to a reply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyFit {
+    /// Sent as it was.
+    AsIs,
+    /// The `body` strings were dropped to fit.
+    BodyStringsDropped,
+    /// Over the gateway's default limit, but no limit is known: sent with a warning.
+    OverGatewayDefault,
+}
+
+/// Keeps replies within what the gateway will accept.
+#[derive(Debug, Clone)]
+pub struct ReplyPolicy {
+    limit: Option<usize>,
+    metrics: Metrics,
+}
+
+impl ReplyPolicy {
+    /// `limit`: the gateway's receive limit when known (ours or its `GRPCRECVMAXSIZE`).
+    pub fn new(limit: Option<usize>, metrics: Metrics) -> Self {
+        Self { limit, metrics }
+    }
+
+    /// Makes `reply` (an encoded Object) fit the limit: as it is when it fits; without its
+    /// `body` strings (which the gateway ignores) when that makes it fit; otherwise an error
+    /// naming both sizes. With no known limit, the gateway's 4 MiB default is aimed for, and a
+    /// reply still over it is sent with a warning.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED when a known limit cannot be met.
+    pub fn fit(&self, reply: Bytes) -> Result<(Bytes, ReplyFit), Status> {
+        let limit = self.limit.unwrap_or(GATEWAY_DEFAULT_RECV_BYTES);
+        if reply.len() <= limit {
+            return Ok((reply, ReplyFit::AsIs));
+        }
+        let original = reply.len();
+        let reply = match wire::drop_body_strings(&reply) {
+            Ok(Some(smaller)) => {
+                self.metrics.body_strings_dropped.inc();
+                tracing::warn!(
+                    reply_bytes = original,
+                    without_body_strings = smaller.len(),
+                    limit_bytes = limit,
+                    "reply over the limit: body strings dropped (the gateway reads raw_body only)"
+                );
+                smaller
+            }
+            _ => reply,
+        };
+        let fit = if reply.len() < original {
+            ReplyFit::BodyStringsDropped
+        } else {
+            ReplyFit::AsIs
+        };
+        if reply.len() <= limit {
+            return Ok((reply, fit));
+        }
+        if self.limit.is_none() {
+            self.metrics.replies_over_gateway_default.inc();
+            tracing::warn!(
+                reply_bytes = reply.len(),
+                limit_bytes = limit,
+                "reply exceeds the gateway's default receive limit; it will refuse it unless TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE is raised"
+            );
+            return Ok((reply, ReplyFit::OverGatewayDefault));
+        }
+        tracing::warn!(
+            reply_bytes = reply.len(),
+            limit_bytes = limit,
+            "reply too large for the gateway's receive limit"
+        );
+        let before = if fit == ReplyFit::BodyStringsDropped {
+            format!(" ({original} bytes before dropping the body strings)")
+        } else {
+            String::new()
+        };
+        Err(Status::resource_exhausted(format!(
+            "reply too large: {} bytes{before} exceeds the reply limit of {limit} bytes (max_reply_bytes or TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE)",
+            reply.len()
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pb;
+    use prost::Message;
+
+    #[test]
+    fn the_budget_refuses_what_does_not_fit_and_returns_shares() {
+        let budget = InFlightBudget::new(100);
+        let a = budget.take(60).unwrap();
+        let err = budget.take(50).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.message()
+                .contains("needs 50 bytes while 60 of 100 bytes"),
+            "{}",
+            err.message()
+        );
+        drop(a);
+        assert_eq!(budget.held(), 0);
+        let _b = budget.take(100).unwrap();
+    }
+
+    fn object(body: &[u8], utf8: bool) -> Bytes {
+        pb::Object {
+            request: Some(pb::MiniRequestObject {
+                raw_body: body.to_vec(),
+                body: if utf8 {
+                    String::from_utf8(body.to_vec()).unwrap()
+                } else {
+                    String::new()
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    #[test]
+    fn body_strings_go_when_that_makes_the_reply_fit() {
+        let policy = ReplyPolicy::new(Some(1500), Metrics::default());
+        let reply = object(&[b'a'; 1000], true);
+        let (fitted, fit) = policy.fit(reply).unwrap();
+        assert_eq!(fit, ReplyFit::BodyStringsDropped);
+        assert!(fitted.len() < 1100);
+        assert_eq!(
+            pb::Object::decode(fitted)
+                .unwrap()
+                .request
+                .unwrap()
+                .raw_body
+                .len(),
+            1000
+        );
+    }
+
+    #[test]
+    fn a_reply_that_cannot_fit_names_both_sizes() {
+        let policy = ReplyPolicy::new(Some(500), Metrics::default());
+        let err = policy.fit(object(&[0xff; 1000], false)).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.message()
+                .starts_with("reply too large: 1006 bytes exceeds"),
+            "{}",
+            err.message()
+        );
+        assert!(
+            err.message().contains("reply limit of 500 bytes"),
+            "{}",
+            err.message()
+        );
+    }
+
+    #[test]
+    fn without_a_known_limit_big_replies_pass_with_a_count() {
+        let metrics = Metrics::default();
+        let policy = ReplyPolicy::new(None, metrics.clone());
+        let (_, fit) = policy.fit(object(&vec![0xff; 5 << 20], false)).unwrap();
+        assert_eq!(fit, ReplyFit::OverGatewayDefault);
+        assert_eq!(metrics.replies_over_gateway_default.get(), 1);
+    }
+}

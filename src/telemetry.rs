@@ -1,0 +1,54 @@
+//! Log output: text or JSON lines on stdout, filtered by `RUST_LOG` (default `info`), written off
+//! the request path by a background thread.
+
+use std::io::IsTerminal;
+
+use tracing_appender::non_blocking::WorkerGuard;
+use tracing_subscriber::{EnvFilter, fmt, prelude::*};
+
+use crate::config::LogFormat;
+
+/// Keeps the log writer alive; dropping it flushes what is buffered.
+#[derive(Debug)]
+#[must_use = "dropping the guard stops log output"]
+pub struct LogGuard {
+    _writer: WorkerGuard,
+}
+
+/// Installs the global subscriber.
+///
+/// # Errors
+/// When `RUST_LOG` does not parse or a subscriber is already installed.
+pub fn init(format: LogFormat) -> anyhow::Result<LogGuard> {
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => EnvFilter::try_new(&value)
+            .map_err(|err| anyhow::anyhow!("RUST_LOG: {value:?} is not a valid filter: {err}"))?,
+        _ => EnvFilter::new("info"),
+    };
+    // Lossless: a full buffer slows logging down rather than dropping lines.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stdout());
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Text => registry
+            .with(
+                fmt::layer()
+                    .with_writer(writer)
+                    .with_target(false)
+                    .with_ansi(std::io::stdout().is_terminal()),
+            )
+            .try_init()?,
+        LogFormat::Json => registry
+            .with(
+                fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_current_span(false)
+                    .with_span_list(false)
+                    .with_writer(writer),
+            )
+            .try_init()?,
+    }
+    Ok(LogGuard { _writer: guard })
+}

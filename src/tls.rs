@@ -1,0 +1,232 @@
+//! rustls server configuration from PEM files (TLS 1.2+, ALPN h2, optional client
+//! certificates), reloaded when the files change.
+//!
+//! Kubernetes Secret volumes and cert-manager replace files by swapping a `..data` symlink, so
+//! changes are found by polling the files' contents rather than watching inodes.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use rustls::{
+    RootCertStore, ServerConfig,
+    crypto::CryptoProvider,
+    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+    server::WebPkiClientVerifier,
+};
+use tokio_util::sync::CancellationToken;
+
+/// A TLS configuration problem, naming the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A PEM file held nothing usable.
+    #[error("{path}: {what}")]
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        what: String,
+    },
+    /// rustls refused the combination (e.g. key does not match certificate).
+    #[error("certificate {cert} with key {key}: {source}")]
+    Config {
+        /// Certificate file.
+        cert: PathBuf,
+        /// Key file.
+        key: PathBuf,
+        /// rustls's reason.
+        source: rustls::Error,
+    },
+    /// The client CA bundle could not build a verifier.
+    #[error("client CA {path}: {what}")]
+    ClientCa {
+        /// The CA file.
+        path: PathBuf,
+        /// What was wrong.
+        what: String,
+    },
+}
+
+/// The PEM files of a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// Certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// Private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// CA bundle for client certificates; `None`: no client authentication.
+    pub client_ca: Option<PathBuf>,
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn pem_error(path: &Path, what: impl ToString) -> TlsError {
+    TlsError::Pem {
+        path: path.to_path_buf(),
+        what: what.to_string(),
+    }
+}
+
+fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|err| pem_error(path, format!("invalid PEM: {err}")))?;
+    if certs.is_empty() {
+        return Err(pem_error(path, "no CERTIFICATE block found"));
+    }
+    Ok(certs)
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+impl TlsFiles {
+    /// The current contents of every file, to notice changes.
+    fn contents(&self) -> Result<Vec<Vec<u8>>, TlsError> {
+        let mut all = vec![read(&self.cert)?, read(&self.key)?];
+        if let Some(ca) = &self.client_ca {
+            all.push(read(ca)?);
+        }
+        Ok(all)
+    }
+
+    /// Builds a server configuration from the files.
+    ///
+    /// # Errors
+    /// A [`TlsError`] naming the file at fault.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        self.build(&self.contents()?)
+    }
+
+    fn build(&self, contents: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
+        let chain = certificates(&self.cert, &contents[0])?;
+        let key = PrivateKeyDer::from_pem_slice(&contents[1])
+            .map_err(|err| pem_error(&self.key, format!("no usable private key: {err}")))?;
+        let builder = ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .map_err(|source| TlsError::Config {
+                cert: self.cert.clone(),
+                key: self.key.clone(),
+                source,
+            })?;
+        let builder = match (&self.client_ca, contents.get(2)) {
+            (Some(path), Some(pem)) => {
+                let mut roots = RootCertStore::empty();
+                for cert in certificates(path, pem)? {
+                    roots.add(cert).map_err(|err| TlsError::ClientCa {
+                        path: path.clone(),
+                        what: err.to_string(),
+                    })?;
+                }
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                        .build()
+                        .map_err(|err| TlsError::ClientCa {
+                            path: path.clone(),
+                            what: err.to_string(),
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+            _ => builder.with_no_client_auth(),
+        };
+        let mut config =
+            builder
+                .with_single_cert(chain, key)
+                .map_err(|source| TlsError::Config {
+                    cert: self.cert.clone(),
+                    key: self.key.clone(),
+                    source,
+                })?;
+        // gRPC is HTTP/2 only.
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+}
+
+/// The TLS configuration in force, swapped when the files change; new connections get the
+/// newest certificate, established ones keep theirs.
+#[derive(Debug)]
+pub struct ReloadingConfig {
+    files: TlsFiles,
+    current: ArcSwap<ServerConfig>,
+    contents: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl ReloadingConfig {
+    /// Loads the files once.
+    ///
+    /// # Errors
+    /// A [`TlsError`] naming the file at fault.
+    pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
+        let contents = files.contents()?;
+        let config = files.build(&contents)?;
+        Ok(Arc::new(Self {
+            files,
+            current: ArcSwap::new(config),
+            contents: std::sync::Mutex::new(contents),
+        }))
+    }
+
+    /// The configuration for the next handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current.load_full()
+    }
+
+    /// Re-reads the files; swaps the configuration when they changed and still make a valid
+    /// one. Returns whether it swapped.
+    ///
+    /// # Errors
+    /// When the changed files do not make a valid configuration (the old one stays).
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let contents = self.files.contents()?;
+        let mut known = self
+            .contents
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *known == contents {
+            return Ok(false);
+        }
+        let config = self.files.build(&contents)?;
+        self.current.store(config);
+        *known = contents;
+        Ok(true)
+    }
+
+    /// Polls the files every `interval` until `stop` is cancelled.
+    pub async fn watch(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticker.tick() => {}
+            }
+            match self.reload() {
+                Ok(true) => {
+                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
+                }
+                Ok(false) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "TLS files changed but cannot be used; keeping the previous certificate")
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! Integration tests: the server started on loopback ports and driven by real clients.
