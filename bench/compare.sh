@@ -97,6 +97,12 @@ run_load() {
     [ "$rc" -eq 0 ] || die "$label: load generator failed (exit $rc): $(cat "$OUT/$label.json")"
 }
 
+# Other work on the machine takes CPU from the pinned processes and skews the figures.
+LOADAVG="$(cut -d' ' -f1 /proc/loadavg)"
+if awk -v l="$LOADAVG" 'BEGIN { exit !(l > 0.5) }'; then
+    log "warning: load average is $LOADAVG before the runs; other work may skew the figures"
+fi
+
 # --- (a) Python baseline --------------------------------------------------------------------
 PY_PORT="$(free_port)"
 rm -f "$OUT/python.ready"
@@ -140,7 +146,7 @@ run_load rust "127.0.0.1:$RS_PORT" "$RS_PID"
 stop_pid "$RS_PID"
 
 # --- report ---------------------------------------------------------------------------------
-SERVER_CPU="$SERVER_CPU" LOADGEN_CPU="$LOADGEN_CPU" "$PY" - "$OUT" "$MIN_RATIO" <<'EOF'
+LOADAVG="$LOADAVG" SERVER_CPU="$SERVER_CPU" LOADGEN_CPU="$LOADGEN_CPU" "$PY" - "$OUT" "$MIN_RATIO" <<'EOF'
 import json, os, platform, subprocess, sys, time
 
 out, min_ratio = sys.argv[1], float(sys.argv[2])
@@ -183,6 +189,7 @@ summary = {
     "machine": {"cpus": os.cpu_count(), "cpu_model": model, "kernel": platform.release()},
     "server_cpu": int(os.environ.get("SERVER_CPU", "0")),
     "loadgen_cpu": int(os.environ.get("LOADGEN_CPU", "1")),
+    "loadavg_before": float(os.environ["LOADAVG"]),
     "min_ratio": min_ratio,
     "ratio": ratio,
     "pass": ratio >= min_ratio,

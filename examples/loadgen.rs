@@ -194,15 +194,14 @@ async fn run_slot(
     let mut grpc = Grpc::new(channel);
     let path = PathAndQuery::from_static(DISPATCH);
     let mut out = SlotResult::default();
-    let expected = (end.saturating_duration_since(start).as_secs_f64() * 20_000.0) as usize;
-    out.latencies.reserve(expected.min(4 << 20));
+    out.latencies.reserve(4096);
     loop {
         let sent = Instant::now();
         if sent >= end {
             break;
         }
         let outcome = match grpc.ready().await {
-            Err(e) => Err(format!("channel not ready: {e}")),
+            Err(e) => Err(format!("channel not ready: {}", chain(&e))),
             Ok(()) => {
                 let request = tonic::Request::new(RawMessage::new(payload.bytes.clone()));
                 match grpc
@@ -246,6 +245,18 @@ async fn run_slot(
     out
 }
 
+/// An error with its chain of causes, e.g. "transport error: tcp connect error: Connection refused".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
 fn endpoint(target: &str) -> Result<Endpoint, String> {
     Endpoint::from_shared(target.to_owned())
         .map(|e| e.connect_timeout(Duration::from_secs(2)).tcp_nodelay(true))
@@ -261,11 +272,11 @@ async fn wait_ready(args: &Args, payload: &Payload) -> Result<(), String> {
             let channel = endpoint
                 .connect()
                 .await
-                .map_err(|e| format!("connect to {}: {e}", args.target))?;
+                .map_err(|e| format!("connect to {}: {}", args.target, chain(&e)))?;
             let mut grpc = Grpc::new(channel);
             grpc.ready()
                 .await
-                .map_err(|e| format!("channel not ready: {e}"))?;
+                .map_err(|e| format!("channel not ready: {}", chain(&e)))?;
             let reply = grpc
                 .unary::<RawMessage, RawMessage, _>(
                     tonic::Request::new(RawMessage::new(payload.bytes.clone())),
@@ -311,18 +322,42 @@ fn clock_ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-/// CPU seconds of the server and of this process at one moment.
+/// Seconds of CPU the whole machine has been busy (every CPU, every process and interrupt),
+/// from the first line of `/proc/stat`.
+fn machine_busy_seconds(ticks_per_sec: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()?
+        .strip_prefix("cpu ")?
+        .split_whitespace()
+        .map(str::parse)
+        .collect::<Result<_, _>>()
+        .ok()?;
+    // user nice system idle iowait irq softirq steal [guest guest_nice, already in user/nice]
+    let busy: f64 = fields.iter().take(8).sum::<f64>() - fields.get(3)? - fields.get(4)?;
+    Some(busy / ticks_per_sec)
+}
+
+/// CPU seconds of the server, this process and the machine at one moment.
 #[derive(Clone, Copy)]
 struct CpuSample {
     server: Option<f64>,
     client: Option<f64>,
+    machine: Option<f64>,
 }
 
 fn sample_cpu(server_pid: Option<u32>, ticks: f64) -> CpuSample {
     CpuSample {
         server: server_pid.and_then(|p| cpu_seconds(&p.to_string(), ticks)),
         client: cpu_seconds("self", ticks),
+        machine: machine_busy_seconds(ticks),
     }
+}
+
+/// CPU seconds between two samples of one counter.
+fn delta(before: Option<f64>, after: Option<f64>) -> Option<f64> {
+    Some(after? - before?)
 }
 
 /// Nearest-rank percentile of sorted nanoseconds, in microseconds.
@@ -369,7 +404,7 @@ async fn run(args: Args) -> Result<bool, String> {
         let channel = endpoint
             .connect()
             .await
-            .map_err(|e| format!("connection {i} to {}: {e}", args.target))?;
+            .map_err(|e| format!("connection {i} to {}: {}", args.target, chain(&e)))?;
         channels.push(channel);
     }
 
@@ -437,14 +472,13 @@ async fn run(args: Args) -> Result<bool, String> {
     } else {
         latencies.iter().map(|&n| n as f64).sum::<f64>() / calls as f64 / 1000.0
     };
-    let server_cpu = match (cpu_before.server, cpu_after.server) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
-    let client_cpu = match (cpu_before.client, cpu_after.client) {
-        (Some(a), Some(b)) => Some(b - a),
-        _ => None,
-    };
+    let server_cpu = delta(cpu_before.server, cpu_after.server);
+    let client_cpu = delta(cpu_before.client, cpu_after.client);
+    let machine_cpu = delta(cpu_before.machine, cpu_after.machine);
+    // What neither the server nor this process used: other programs, and interrupt work the
+    // kernel did not charge to a process.
+    let other_cpu =
+        machine_cpu.map(|m| (m - server_cpu.unwrap_or(0.0) - client_cpu.unwrap_or(0.0)).max(0.0));
     let server_cpu_us_per_call = server_cpu
         .filter(|_| calls > 0)
         .map(|s| s * 1e6 / calls as f64);
@@ -475,6 +509,8 @@ async fn run(args: Args) -> Result<bool, String> {
         "server_cpu_us_per_call": server_cpu_us_per_call,
         "server_cpu_util": server_cpu.map(|s| s / measured),
         "client_cpu_util": client_cpu.map(|s| s / measured),
+        "machine_cpu_util": machine_cpu.map(|s| s / measured),
+        "other_cpu_util": other_cpu.map(|s| s / measured),
         "first_error": first_error,
     });
     if args.json {
@@ -508,6 +544,10 @@ async fn run(args: Args) -> Result<bool, String> {
         println!(
             "client cpu   {} of one core",
             opt(client_cpu.map(|s| s / measured), 100.0, "%")
+        );
+        println!(
+            "other cpu    {} of one core (other processes, unattributed interrupts)",
+            opt(other_cpu.map(|s| s / measured), 100.0, "%")
         );
         if let Some(e) = &first_error {
             println!("first error  {e}");

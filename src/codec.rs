@@ -4,8 +4,6 @@
 //! and writing them back is both faster than decode + re-encode and exact: fields newer than our
 //! schema, field order and unknown records all survive.
 
-use std::fmt;
-
 use bytes::{Buf, BufMut, Bytes};
 use tonic::{
     Status,
@@ -13,13 +11,9 @@ use tonic::{
 };
 
 /// One protobuf message as it travels on the wire.
-///
-/// It may carry a guard (such as a share of the in-flight byte budget) that is released only
-/// after the message has been written out.
-#[derive(Default)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RawMessage {
     bytes: Bytes,
-    guard: Option<Box<dyn Send + Sync>>,
 }
 
 impl RawMessage {
@@ -27,15 +21,7 @@ impl RawMessage {
     pub fn new(bytes: impl Into<Bytes>) -> Self {
         Self {
             bytes: bytes.into(),
-            guard: None,
         }
-    }
-
-    /// Keeps `guard` alive until this message has been encoded for sending.
-    #[must_use]
-    pub fn with_guard(mut self, guard: impl Send + Sync + 'static) -> Self {
-        self.guard = Some(Box::new(guard));
-        self
     }
 
     /// The encoded message.
@@ -43,18 +29,9 @@ impl RawMessage {
         &self.bytes
     }
 
-    /// The encoded message, consuming the wrapper (and releasing any guard).
+    /// The encoded message, consuming the wrapper.
     pub fn into_bytes(self) -> Bytes {
         self.bytes
-    }
-}
-
-impl fmt::Debug for RawMessage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RawMessage")
-            .field("len", &self.bytes.len())
-            .field("guarded", &self.guard.is_some())
-            .finish()
     }
 }
 

@@ -1,7 +1,7 @@
 //! The `coprocess.Dispatcher` handlers: `Dispatch` (scan, log, pass through, fit the reply) and
 //! `DispatchEvent` (parse, log, always an empty reply).
 
-use std::borrow::Cow;
+use std::{borrow::Cow, sync::Arc};
 
 use serde::Deserialize;
 use tonic::{Request, Response, Status};
@@ -104,7 +104,10 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
             series.record(Outcome::Error);
         })?;
         series.record(Outcome::Unchanged);
-        Ok(Response::new(RawMessage::new(reply).with_guard(share)))
+        let mut response = Response::new(RawMessage::new(reply));
+        // Held until the reply has been sent (see `response`).
+        response.extensions_mut().insert(Arc::new(share));
+        Ok(response)
     }
 
     async fn dispatch_event(

@@ -8,6 +8,7 @@
 //! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
 //! - [`object_log`]: the Object as canonical JSON with secrets redacted.
 //! - [`limits`]: message size and in-flight byte budgets.
+//! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
 //! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
 //! - [`listener`]: TCP, Unix-socket and TLS listeners.
 //! - [`tls`]: rustls configuration with certificate reload.
@@ -30,6 +31,7 @@ pub mod listener;
 pub mod metrics;
 pub mod object_log;
 pub mod pb;
+pub mod response;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

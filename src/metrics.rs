@@ -92,6 +92,8 @@ pub enum Rejection {
     Malformed,
     /// Reply over the known limit even without body strings.
     ReplyTooLarge,
+    /// Request over the receive limit.
+    RequestTooLarge,
 }
 
 impl Default for Metrics {
@@ -199,12 +201,20 @@ impl Metrics {
 
     /// Counts a call refused for `reason`.
     pub fn reject(&self, reason: Rejection) {
+        self.rejections(reason).inc();
+    }
+
+    /// The counter of calls refused for `reason`.
+    pub fn rejections(&self, reason: Rejection) -> Counter {
         let reason = match reason {
             Rejection::InFlightBudget => "in_flight_budget",
             Rejection::Malformed => "malformed",
             Rejection::ReplyTooLarge => "reply_too_large",
+            Rejection::RequestTooLarge => "request_too_large",
         };
-        self.rejected.get_or_create(&ReasonLabels { reason }).inc();
+        self.rejected
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
     }
 
     /// The OpenMetrics text exposition.

@@ -25,8 +25,9 @@ use crate::{
     dispatcher::Dispatcher,
     lifecycle::Lifecycle,
     listener::Listener,
-    metrics::Metrics,
+    metrics::{Metrics, Rejection},
     pb::{self, dispatcher_server::DispatcherServer},
+    response::FinishedRoutes,
     tls::ReloadingConfig,
 };
 
@@ -70,7 +71,7 @@ pub fn routes(
 /// Everything a connection needs; shared by all accept loops.
 #[derive(Debug, Clone)]
 pub struct ConnectionServer {
-    routes: Routes,
+    routes: FinishedRoutes,
     http2: http2::Builder<TokioExecutor>,
     lifecycle: Lifecycle,
     metrics: Metrics,
@@ -90,6 +91,7 @@ impl ConnectionServer {
             // Large bodies are common: let windows grow with the connection's bandwidth.
             .adaptive_window(true)
             .max_pending_accept_reset_streams(Some(64));
+        let routes = FinishedRoutes::new(routes, metrics.rejections(Rejection::RequestTooLarge));
         Self {
             routes,
             http2,

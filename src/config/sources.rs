@@ -50,83 +50,83 @@ pub const KEYS: &[&str] = &[
 #[derive(Debug, Clone, Default, clap::Args, Serialize)]
 pub struct CliOverrides {
     /// Plaintext gRPC listeners, comma-separated (host:port, tcp://host:port, unix:///path).
-    #[arg(long, value_name = "ADDRS")]
+    #[arg(long, global = true, value_name = "ADDRS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub listen: Option<String>,
     /// TLS gRPC listeners, comma-separated.
-    #[arg(long, value_name = "ADDRS")]
+    #[arg(long, global = true, value_name = "ADDRS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_listen: Option<String>,
     /// PEM certificate chain for TLS listeners.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS listeners.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
     /// PEM CA bundle that client certificates must chain to (turns on mTLS).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, global = true, value_name = "FILE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_client_ca: Option<PathBuf>,
     /// File mode of Unix sockets (octal).
-    #[arg(long, value_name = "MODE")]
+    #[arg(long, global = true, value_name = "MODE")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unix_socket_mode: Option<String>,
     /// Set SO_REUSEPORT on TCP listeners.
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, global = true, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reuse_port: Option<bool>,
     /// Admin HTTP listener (host:port).
-    #[arg(long, value_name = "ADDR")]
+    #[arg(long, global = true, value_name = "ADDR")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admin_listen: Option<String>,
     /// Largest request message accepted, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, global = true, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_recv_bytes: Option<usize>,
     /// Largest reply sent, in bytes.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, global = true, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_reply_bytes: Option<usize>,
     /// Longest drain after SIGTERM while clients stay connected.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drain_delay_secs: Option<u64>,
     /// Time for in-flight calls once listeners are closed.
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shutdown_grace_secs: Option<u64>,
     /// Close client connections after this age (±10%).
-    #[arg(long, value_name = "SECS")]
+    #[arg(long, global = true, value_name = "SECS")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_connection_age_secs: Option<u64>,
     /// Concurrent calls per connection.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,
     /// Bytes of requests held at once across all calls.
-    #[arg(long, value_name = "BYTES")]
+    #[arg(long, global = true, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_bytes: Option<usize>,
     /// Runtime worker threads.
-    #[arg(long, value_name = "N")]
+    #[arg(long, global = true, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
     /// Serve gRPC reflection.
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, global = true, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reflection: Option<bool>,
     /// Log one line per call.
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, global = true, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_calls: Option<bool>,
     /// Log each Object as JSON, secrets redacted.
-    #[arg(long, value_name = "BOOL")]
+    #[arg(long, global = true, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_objects: Option<bool>,
     /// Log format: text or json.
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(long, global = true, value_name = "FORMAT")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub log_format: Option<String>,
 }

@@ -1,1 +1,11 @@
-//! Integration tests: the server started on loopback ports and driven by real clients.
+//! Integration tests: the server started on loopback ports (in-process or as the real binary)
+//! and driven by real clients.
+
+mod binary;
+mod dispatch;
+mod grpcurl;
+mod helpers;
+mod lifecycle;
+mod limits;
+mod tls;
+mod unix;

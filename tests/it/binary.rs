@@ -1,0 +1,297 @@
+//! The binary: configuration errors, `check-config`, call and event logs, redaction.
+
+use std::time::Duration;
+
+use prost::Message;
+use tyk_dispatcher::pb;
+
+use crate::helpers::*;
+
+#[test]
+fn bad_config_lists_every_problem_and_binds_nothing() {
+    let (code, stdout, stderr) = run_binary(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0,gateway:1"),
+            ("TYK_DISPATCHER_MAX_RECV_BYTES", "lots"),
+            ("TYK_DISPATCHER_LISTN", "127.0.0.1:1"),
+            ("TYK_DISPATCHER_UNIX_SOCKET_MODE", "999"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stdout.is_empty(), "nothing served: {stdout}");
+    assert!(
+        stderr.contains("config error: TYK_DISPATCHER_LISTN: unknown setting"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("max_recv_bytes") && stderr.contains("lots"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_values_after_loading_name_key_and_value() {
+    let (code, _, stderr) = run_binary(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0,gateway:1"),
+            ("TYK_DISPATCHER_UNIX_SOCKET_MODE", "999"),
+            ("TYK_DISPATCHER_TLS_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_TLS_CERT", "/nonexistent/tls.crt"),
+            ("TYK_DISPATCHER_TLS_KEY", "/nonexistent/tls.key"),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(78), "{stderr}");
+    for expected in [
+        "config error: listen: \"gateway:1\": the host must be an IP literal or localhost",
+        "config error: unix_socket_mode: \"999\" is not a file mode",
+        "config error: tls_cert: cannot read /nonexistent/tls.crt",
+        "config error: tls_key: cannot read /nonexistent/tls.key",
+    ] {
+        assert!(
+            stderr.contains(expected),
+            "missing {expected:?} in:\n{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_config_prints_the_effective_config_and_warns_on_disagreement() {
+    let (code, stdout, stderr) = run_binary(
+        &[
+            (
+                "TYK_GW_COPROCESSOPTIONS_COPROCESSGRPCSERVER",
+                "unix:///run/tyk/dispatcher.sock",
+            ),
+            ("TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE", "20000000"),
+            ("TYK_GW_COPROCESSOPTIONS_GRPCSENDMAXSIZE", "100000000"),
+            ("TYK_DISPATCHER_SERVICE_HOST", "10.0.0.1"),
+            ("TYK_DISPATCHER_PORT_50051_TCP_ADDR", "10.0.0.1"),
+        ],
+        &["check-config"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let config: toml::Value = toml::from_str(&stdout).expect("TOML output");
+    assert_eq!(
+        config["listen"][0].as_str(),
+        Some("unix:///run/tyk/dispatcher.sock")
+    );
+    assert_eq!(config["max_reply_bytes"].as_integer(), Some(20_000_000));
+    assert_eq!(config["max_recv_bytes"].as_integer(), Some(100_000_000));
+    assert!(
+        stderr.contains("warning: max_recv_bytes raised from 67108864 to 100000000"),
+        "{stderr}"
+    );
+
+    let (code, _, stderr) = run_binary(
+        &[
+            (
+                "TYK_GW_COPROCESSOPTIONS_COPROCESSGRPCSERVER",
+                "tcp://127.0.0.1:5555",
+            ),
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:6000"),
+        ],
+        &["check-config"],
+    );
+    assert_eq!(code, Some(0));
+    assert!(
+        stderr.contains("does not include where the gateway dials"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn flags_win_over_the_environment_and_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:1\"\nmax_recv_bytes = 1000\ndrain_delay_secs = 7\n",
+    )
+    .unwrap();
+    let file = file.display().to_string();
+    let (code, stdout, stderr) = run_binary(
+        &[
+            ("TYK_DISPATCHER_CONFIG", &file),
+            ("TYK_DISPATCHER_MAX_RECV_BYTES", "2000"),
+        ],
+        &["check-config", "--listen", "127.0.0.1:3"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let config: toml::Value =
+        toml::from_str(stdout.trim_start_matches(|c| c != '\n')).expect("TOML");
+    assert_eq!(config["listen"][0].as_str(), Some("127.0.0.1:3"));
+    assert_eq!(config["max_recv_bytes"].as_integer(), Some(2000));
+    assert_eq!(config["drain_delay_secs"].as_integer(), Some(7));
+}
+
+#[tokio::test]
+async fn each_call_is_logged_with_hook_type_name_and_api_id() {
+    let process = Process::start(&[("TYK_DISPATCHER_LISTEN", "127.0.0.1:0")], &[]);
+    let (grpc, _) = process.ready().await;
+    let channel = connect(grpc[0].parse().unwrap()).await;
+    for hook in [
+        pb::HookType::Pre,
+        pb::HookType::CustomKeyCheck,
+        pb::HookType::PostKeyAuth,
+        pb::HookType::Post,
+        pb::HookType::Response,
+    ] {
+        let mut object = seed_object();
+        object.hook_type = hook as i32;
+        object.hook_name = format!("My{}", hook.as_str_name());
+        call_raw(channel.clone(), DISPATCH, object.encode_to_vec())
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let lines = process.logs("dispatch");
+    let seen: Vec<(String, String, String)> = lines
+        .iter()
+        .map(|l| {
+            (
+                l["hook_type"].as_str().unwrap().to_string(),
+                l["hook_name"].as_str().unwrap().to_string(),
+                l["api_id"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let api = "04e911d3012646d97fcdd6c846fafc4b".to_string();
+    assert_eq!(
+        seen,
+        ["Pre", "CustomKeyCheck", "PostKeyAuth", "Post", "Response"]
+            .map(|t| (t.to_string(), format!("My{t}"), api.clone()))
+            .to_vec()
+    );
+    assert!(lines.iter().all(|l| l["level"] == "INFO"));
+    assert!(
+        process.logs("object").is_empty(),
+        "object logging is off by default"
+    );
+}
+
+#[tokio::test]
+async fn object_logging_redacts_every_secret() {
+    let process = Process::start(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_LOG_OBJECTS", "true"),
+        ],
+        &[],
+    );
+    let (grpc, _) = process.ready().await;
+    let mut object = full_object();
+    let secrets = [
+        "Basic c2VjcmV0OnNlY3JldA==",
+        "sid=cookie-secret",
+        "api-key-secret",
+        "query-secret",
+        "raw-body-secret",
+    ];
+    let request = object.request.as_mut().unwrap();
+    request
+        .headers
+        .insert("Authorization".into(), secrets[0].into());
+    request.headers.insert("Cookie".into(), secrets[1].into());
+    request
+        .headers
+        .insert("X-Api-Key".into(), secrets[2].into());
+    request.url = format!("/p?key={}", secrets[3]);
+    request.request_uri = request.url.clone();
+    request.params.insert("key".into(), secrets[3].into());
+    request.body = secrets[4].into();
+    request.raw_body = secrets[4].as_bytes().to_vec();
+    object
+        .metadata
+        .insert("token".into(), "token-secret".into());
+    call_raw(
+        connect(grpc[0].parse().unwrap()).await,
+        DISPATCH,
+        object.encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let line = process.wait_for_log("object", Duration::from_secs(5)).await;
+    let rendered: serde_json::Value =
+        serde_json::from_str(line["object"].as_str().unwrap()).unwrap();
+    assert_eq!(rendered["hookName"], "Everything");
+    assert_eq!(
+        rendered["request"]["headers"]["Authorization"],
+        "[REDACTED]"
+    );
+    assert_eq!(rendered["request"]["rawBody"]["bytes"], secrets[4].len());
+    let text = process.log_text();
+    for secret in secrets.iter().chain(&[
+        "token-secret",
+        "bcrypt",
+        "key-id",
+        "{\\\"x\\\":1}",
+        "\"h\"",
+        "\"s\"",
+        "\"p\"",
+    ]) {
+        assert!(
+            !text.contains(secret),
+            "{secret} leaked into the log:\n{text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn events_are_logged_by_type_without_the_key_and_bad_ones_by_size() {
+    let process = Process::start(&[("TYK_DISPATCHER_LISTEN", "127.0.0.1:0")], &[]);
+    let (grpc, _) = process.ready().await;
+    let channel = connect(grpc[0].parse().unwrap()).await;
+    let auth_failure = r#"{"message":{"Type":"AuthFailure","Meta":{"Message":"Key not authorised","OriginatingRequest":"R0VUIC8gSFRUUC8xLjE=","Path":"/x","Origin":"127.0.0.1","Key":"raw-key-secret"},"TimeStamp":"now"},"handler_name":"my_handler","spec":{"APIID":"api-7","OrgID":"org"}}"#;
+    for payload in [auth_failure, "definitely not json", ""] {
+        let reply = call_raw(
+            channel.clone(),
+            DISPATCH_EVENT,
+            pb::Event {
+                payload: payload.into(),
+            }
+            .encode_to_vec(),
+        )
+        .await
+        .expect("answered");
+        assert!(reply.is_empty());
+    }
+    let event = process.wait_for_log("event", Duration::from_secs(5)).await;
+    assert_eq!(event["event_type"], "AuthFailure");
+    assert_eq!(event["handler_name"], "my_handler");
+    assert_eq!(event["api_id"], "api-7");
+    let not_json = process
+        .wait_for_log("event payload is not JSON", Duration::from_secs(5))
+        .await;
+    assert_eq!(not_json["payload_bytes"], 19);
+    assert_eq!(not_json["level"], "WARN");
+    process
+        .wait_for_log("event payload is empty", Duration::from_secs(5))
+        .await;
+    let text = process.log_text();
+    assert!(
+        !text.contains("raw-key-secret") && !text.contains("R0VUIC8gSFRUUC8xLjE="),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn service_link_variables_do_not_stop_the_server() {
+    let process = Process::start(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_SERVICE_HOST", "10.0.0.1"),
+            ("TYK_DISPATCHER_SERVICE_PORT", "50051"),
+            ("TYK_DISPATCHER_SERVICE_PORT_GRPC", "50051"),
+            ("TYK_DISPATCHER_PORT", "tcp://10.0.0.1:50051"),
+            ("TYK_DISPATCHER_PORT_50051_TCP", "tcp://10.0.0.1:50051"),
+            ("TYK_DISPATCHER_PORT_50051_TCP_PROTO", "tcp"),
+            ("TYK_DISPATCHER_PORT_50051_TCP_PORT", "50051"),
+            ("TYK_DISPATCHER_PORT_50051_TCP_ADDR", "10.0.0.1"),
+        ],
+        &[],
+    );
+    let (_, admin) = process.ready().await;
+    assert_eq!(http_get(admin, "/readyz").await.0, 200);
+}
