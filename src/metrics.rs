@@ -65,12 +65,15 @@ impl HookSeries {
     }
 }
 
+/// The series of one hook type, by hook name.
+type HookSeriesByName = RwLock<HashMap<Box<str>, Arc<HookSeries>>>;
+
 /// Every metric the server exports; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     dispatch_requests: Family<DispatchLabels, Counter>,
-    hooks: Arc<[RwLock<HashMap<Box<str>, Arc<HookSeries>>>; 7]>,
+    hooks: Arc<[HookSeriesByName; 7]>,
     hook_name_cap: usize,
     rejected: Family<ReasonLabels, Counter>,
     /// Replies whose `body` strings were dropped to fit the gateway's limit.

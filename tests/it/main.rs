@@ -1,6 +1,9 @@
 //! Integration tests: the server started on loopback ports (in-process or as the real binary)
 //! and driven by real clients.
 
+// A failed unwrap is a failed test, with its location.
+#![allow(clippy::unwrap_used)]
+
 mod binary;
 mod dispatch;
 mod grpcurl;
