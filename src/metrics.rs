@@ -82,6 +82,8 @@ pub struct Metrics {
     pub replies_over_gateway_default: Counter,
     /// Open client connections.
     pub connections: Gauge,
+    /// Client connections accepted since start.
+    pub connections_accepted: Counter,
     /// DispatchEvent calls whose payload was not JSON.
     pub events_unparsable: Counter,
 }
@@ -139,6 +141,12 @@ impl Metrics {
             "Open gRPC client connections",
             connections.clone(),
         );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "gRPC client connections accepted since start",
+            connections_accepted.clone(),
+        );
         let events_unparsable = Counter::default();
         registry.register(
             "events_unparsable",
@@ -154,6 +162,7 @@ impl Metrics {
             body_strings_dropped,
             replies_over_gateway_default,
             connections,
+            connections_accepted,
             events_unparsable,
         }
     }

@@ -23,7 +23,7 @@ use tonic_health::server::HealthReporter;
 use crate::{
     config::Config,
     dispatcher::Dispatcher,
-    lifecycle::Lifecycle,
+    lifecycle::{ConnectionGuard, Lifecycle},
     listener::Listener,
     metrics::{Metrics, Rejection},
     pb::{self, dispatcher_server::DispatcherServer},
@@ -103,12 +103,13 @@ impl ConnectionServer {
     }
 
     /// Serves one connection until it closes, its age runs out, or the drain ends it.
-    pub async fn serve<IO>(&self, io: IO)
+    ///
+    /// `tracked` was taken when the connection was accepted, so the drain never misses a
+    /// connection whose task has not started yet.
+    async fn serve<IO>(&self, io: IO, tracked: Tracked)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let _tracked = self.lifecycle.track_connection();
-        self.metrics.connections.inc();
         let service = TowerToHyperService::new(self.routes.clone());
         let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), service));
         // ±10% so connections opened together do not all reconnect together.
@@ -149,7 +150,7 @@ impl ConnectionServer {
                 () = self.lifecycle.abort_token().cancelled() => break,
             }
         }
-        self.metrics.connections.dec();
+        drop(tracked);
     }
 
     /// Accepts connections on `listener` until the lifecycle closes listeners, then drops it.
@@ -161,6 +162,7 @@ impl ConnectionServer {
         let server = self.clone();
         tokio::spawn(async move {
             let close = server.lifecycle.close_listeners_token().clone();
+            let listener_addr = listener.local_addr();
             loop {
                 let accepted = tokio::select! {
                     () = close.cancelled() => break,
@@ -170,38 +172,68 @@ impl ConnectionServer {
                     Ok(conn) => server.spawn_connection(conn, tls.clone()),
                     Err(err) => {
                         // Usually out of file descriptors: back off instead of spinning.
-                        tracing::warn!(listener = %listener.local_addr(), error = %err, "accept failed");
+                        tracing::warn!(listener = %listener_addr, error = %err, "accept failed");
                         tokio::time::sleep(Duration::from_millis(100)).await;
                     }
                 }
             }
-            tracing::info!(listener = %listener.local_addr(), "listener closed");
+            // Connections the kernel already completed would be reset by close(): serve them.
+            for conn in take_pending(&listener) {
+                server.spawn_connection(conn, tls.clone());
+            }
             drop(listener);
+            tracing::info!(listener = %listener_addr, "listener closed");
         })
     }
 
     fn spawn_connection(&self, conn: Accepted, tls: Option<Arc<ReloadingConfig>>) {
+        let tracked = Tracked::new(&self.lifecycle, &self.metrics);
         let server = self.clone();
         tokio::spawn(async move {
             match (conn, tls) {
-                (Accepted::Tcp(stream), None) => server.serve(stream).await,
-                (Accepted::Unix(stream), None) => server.serve(stream).await,
-                (Accepted::Tcp(stream), Some(tls)) => server.serve_tls(stream, &tls).await,
-                (Accepted::Unix(stream), Some(tls)) => server.serve_tls(stream, &tls).await,
+                (Accepted::Tcp(stream), None) => server.serve(stream, tracked).await,
+                (Accepted::Unix(stream), None) => server.serve(stream, tracked).await,
+                (Accepted::Tcp(stream), Some(tls)) => server.serve_tls(stream, &tls, tracked).await,
+                (Accepted::Unix(stream), Some(tls)) => {
+                    server.serve_tls(stream, &tls, tracked).await
+                }
             }
         });
     }
 
-    async fn serve_tls<IO>(&self, io: IO, tls: &ReloadingConfig)
+    async fn serve_tls<IO>(&self, io: IO, tls: &ReloadingConfig, tracked: Tracked)
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
         match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
-            Ok(Ok(stream)) => self.serve(stream).await,
+            Ok(Ok(stream)) => self.serve(stream, tracked).await,
             Ok(Err(err)) => tracing::info!(error = %err, "TLS handshake failed"),
             Err(_) => tracing::info!("TLS handshake timed out"),
         }
+    }
+}
+
+/// An accepted connection, counted for the drain and in the metrics until dropped.
+struct Tracked {
+    _guard: ConnectionGuard,
+    open: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl Tracked {
+    fn new(lifecycle: &Lifecycle, metrics: &Metrics) -> Self {
+        metrics.connections.inc();
+        metrics.connections_accepted.inc();
+        Self {
+            _guard: lifecycle.track_connection(),
+            open: metrics.connections.clone(),
+        }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 
@@ -220,4 +252,31 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
         }
         Listener::Unix(listener, _) => Ok(Accepted::Unix(listener.accept().await?.0)),
     }
+}
+
+/// Accepts, without waiting, every connection already queued on `listener`.
+fn take_pending(listener: &Listener) -> Vec<Accepted> {
+    let socket = match listener {
+        Listener::Tcp(listener) => socket2::SockRef::from(listener),
+        Listener::Unix(listener, _) => socket2::SockRef::from(listener),
+    };
+    let mut pending = Vec::new();
+    // The listener is non-blocking: accept stops with WouldBlock once the queue is empty.
+    while let Ok((conn, _)) = socket.accept() {
+        if conn.set_nonblocking(true).is_err() {
+            continue;
+        }
+        let accepted = match listener {
+            Listener::Tcp(_) => {
+                let _ = conn.set_tcp_nodelay(true);
+                tokio::net::TcpStream::from_std(conn.into()).map(Accepted::Tcp)
+            }
+            Listener::Unix(..) => tokio::net::UnixStream::from_std(conn.into()).map(Accepted::Unix),
+        };
+        match accepted {
+            Ok(accepted) => pending.push(accepted),
+            Err(err) => tracing::warn!(error = %err, "could not take over a queued connection"),
+        }
+    }
+    pending
 }

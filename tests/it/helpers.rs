@@ -147,6 +147,43 @@ pub async fn call_raw(
     Ok(reply.into_inner().into_bytes())
 }
 
+/// Whether a failed call provably never reached the server: refused by a GOAWAY, or canceled
+/// by the client before it was sent. gRPC-Go (Tyk's client) retries exactly these
+/// transparently; tonic's client reports them, so load tests retry them the same way.
+pub fn never_sent(status: &Status) -> bool {
+    let mut source = std::error::Error::source(status);
+    while let Some(err) = source {
+        if let Some(h2) = err.downcast_ref::<h2::Error>()
+            && (h2.is_go_away() || h2.reason() == Some(h2::Reason::REFUSED_STREAM))
+        {
+            return true;
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// [`call_raw`] with gRPC-Go's transparent retry of calls that never reached the server.
+pub async fn call_like_grpc_go(
+    channel: Channel,
+    path: &'static str,
+    body: Bytes,
+) -> Result<Bytes, Status> {
+    let mut attempts = 0;
+    loop {
+        match call_raw(channel.clone(), path, body.clone()).await {
+            Err(status) if never_sent(&status) && attempts < 5 => attempts += 1,
+            result => return result,
+        }
+    }
+}
+
 /// A GET on the admin port; returns status and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let mut stream = TcpStream::connect(addr)

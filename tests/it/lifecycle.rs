@@ -104,7 +104,7 @@ fn run_load(
             );
             tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    match call_raw(channel.clone(), DISPATCH, request.clone()).await {
+                    match call_like_grpc_go(channel.clone(), DISPATCH, request.clone()).await {
                         Ok(reply) if reply == request => ok.fetch_add(1, Ordering::Relaxed),
                         Ok(_) => failed.fetch_add(1, Ordering::Relaxed),
                         Err(status) => {
@@ -216,7 +216,9 @@ fn run_reconnecting_load(
                             .connect()
                             .await
                         {
-                            Ok(channel) => call_raw(channel, DISPATCH, request.clone()).await,
+                            Ok(channel) => {
+                                call_like_grpc_go(channel, DISPATCH, request.clone()).await
+                            }
                             Err(err) => Err(tonic::Status::unavailable(err.to_string())),
                         };
                     match result {
@@ -280,4 +282,37 @@ async fn with_reuse_port_a_second_instance_takes_over_without_a_failed_call() {
         first_calls + second_calls,
         ok.load(Ordering::Relaxed) as usize
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_past_their_maximum_age_are_replaced_without_failed_calls() {
+    let app = spawn_app(config_with(|c| {
+        c.max_connection_age_secs = Some(1);
+        c.max_connection_age_grace_secs = 5;
+    }))
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed, tasks) = run_load(vec![app.channel().await], 4, stop.clone());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    let accepted: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("tyk_dispatcher_connections_accepted_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("accepted counter");
+    assert!(
+        accepted >= 3,
+        "the client reconnected after each GOAWAY: {accepted} connections"
+    );
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no call failed across reconnects"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    app.shutdown().await;
 }
