@@ -295,3 +295,43 @@ async fn service_link_variables_do_not_stop_the_server() {
     let (_, admin) = process.ready().await;
     assert_eq!(http_get(admin, "/readyz").await.0, 200);
 }
+
+#[tokio::test]
+async fn without_ipv6_the_any_address_falls_back_to_ipv4_with_a_warning() {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/it/without_ipv6.py");
+    // Debian's python, where python3-seccomp lives.
+    let process = Process::start_via(
+        &["/usr/bin/python3", script],
+        &[
+            ("TYK_DISPATCHER_LISTEN", "[::]:0"),
+            ("TYK_DISPATCHER_ADMIN_LISTEN", "[::]:0"),
+        ],
+        &[],
+    );
+    let (grpc, admin) = process.ready().await;
+    let warnings = process.logs("IPv6 is not available here: listening on 0.0.0.0 instead");
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one for gRPC, one for admin: {}",
+        process.log_text()
+    );
+    assert_eq!(warnings[0]["level"], "WARN");
+    let addr: std::net::SocketAddr = grpc[0].parse().unwrap();
+    assert!(addr.ip().is_unspecified() && addr.is_ipv4(), "{addr}");
+    let request = seed_object().encode_to_vec();
+    let reply = call_raw(
+        connect(([127, 0, 0, 1], addr.port()).into()).await,
+        DISPATCH,
+        request.clone(),
+    )
+    .await
+    .unwrap();
+    assert!(reply == request.as_slice());
+    assert_eq!(
+        http_get(([127, 0, 0, 1], admin.port()).into(), "/readyz")
+            .await
+            .0,
+        200
+    );
+}

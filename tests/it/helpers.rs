@@ -429,7 +429,21 @@ impl Process {
     /// Starts the binary with `env` (JSON logs, admin on an ephemeral port unless given) and
     /// `args`, without waiting for readiness.
     pub fn start(env: &[(&str, &str)], args: &[&str]) -> Self {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_tyk-dispatcher"));
+        Self::start_via(&[], env, args)
+    }
+
+    /// Like [`Process::start`], with the binary run through `wrapper` (a command that execs its
+    /// arguments).
+    pub fn start_via(wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Self {
+        let binary = env!("CARGO_BIN_EXE_tyk-dispatcher");
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut command = Command::new(program);
+                command.args(rest).arg(binary);
+                command
+            }
+            None => Command::new(binary),
+        };
         command
             .args(args)
             .env_clear()
