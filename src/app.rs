@@ -14,9 +14,10 @@ use crate::{
     lifecycle::Lifecycle,
     limits::{InFlightBudget, ReplyPolicy},
     listener::{self, BindError, BindOptions, BoundAddr, Listener},
-    metrics::Metrics,
+    metrics::{Metrics, MetricsSettings},
     pb,
     server::{self, ConnectionServer},
+    telemetry::{Traces, TracesError},
     tls::{ReloadingConfig, TlsError, TlsFiles},
 };
 
@@ -35,6 +36,9 @@ pub enum AppError {
     /// The reflection descriptors are broken (a build defect).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Trace export could not be set up.
+    #[error(transparent)]
+    Traces(#[from] TracesError),
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(std::io::Error),
@@ -51,6 +55,7 @@ pub struct App {
     health: HealthReporter,
     lifecycle: Lifecycle,
     metrics: Metrics,
+    traces: Traces,
 }
 
 impl App {
@@ -60,7 +65,12 @@ impl App {
     /// Invalid config, unusable TLS files, or an address that cannot be bound.
     pub async fn build(config: Config) -> Result<Self, AppError> {
         config.validate()?;
-        let metrics = Metrics::default();
+        let metrics = Metrics::new(MetricsSettings {
+            duration_buckets: config.metrics_duration_buckets.clone(),
+            label_cap: config.metrics_label_cap,
+            api_label: config.metrics_api_label,
+        });
+        let traces = Traces::from_config(&config, &metrics)?;
         let lifecycle = Lifecycle::default();
         let dispatcher = Dispatcher::new(
             LogSettings {
@@ -70,6 +80,7 @@ impl App {
             InFlightBudget::new(config.in_flight_budget()),
             ReplyPolicy::new(config.max_reply_bytes, metrics.clone()),
             metrics.clone(),
+            traces.clone(),
         );
         let (routes, health) = server::routes(&config, dispatcher)?;
         // Not serving until every listener is up.
@@ -136,6 +147,7 @@ impl App {
             health,
             lifecycle,
             metrics,
+            traces,
         })
     }
 
@@ -181,6 +193,7 @@ impl App {
             health,
             lifecycle,
             metrics,
+            traces,
         } = self;
         let admin_stop = CancellationToken::new();
         let mut admin_tasks = JoinSet::new();
@@ -212,6 +225,7 @@ impl App {
             max_recv_bytes = config.max_recv_bytes,
             max_reply_bytes = config.max_reply_bytes,
             reflection = config.reflection,
+            traces = config.otlp_endpoint.as_deref().unwrap_or("off"),
             "serving"
         );
 
@@ -261,6 +275,7 @@ impl App {
             )
             .await;
         }
+        traces.shutdown(std::time::Duration::from_secs(5)).await;
         admin_stop.cancel();
         while admin_tasks.join_next().await.is_some() {}
         tracing::info!("stopped");

@@ -1,19 +1,29 @@
 //! The `coprocess.Dispatcher` handlers: `Dispatch` (scan, log, pass through, fit the reply) and
-//! `DispatchEvent` (parse, log, always an empty reply).
+//! `DispatchEvent` (parse, log, always an empty reply), each measured and traced.
 
 use std::{borrow::Cow, sync::Arc};
 
+use bytes::Bytes;
+use opentelemetry::KeyValue;
 use serde::Deserialize;
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
+use tracing::Instrument;
 
 use crate::{
     codec::RawMessage,
     limits::{InFlightBudget, ReplyPolicy},
     metrics::{Metrics, Outcome, Rejection},
-    object_log, pb, wire,
+    object_log, pb,
+    telemetry::{CallSpan, Traces},
+    wire::{self, ObjectSummary},
 };
 
-/// Per-call behaviour switches.
+/// Span name of Dispatch calls (RPC semantic conventions: `service/method`).
+pub const DISPATCH_SPAN: &str = "coprocess.Dispatcher/Dispatch";
+/// Span name of DispatchEvent calls.
+pub const DISPATCH_EVENT_SPAN: &str = "coprocess.Dispatcher/DispatchEvent";
+
+/// Per-call logging switches.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LogSettings {
     /// One INFO line per call.
@@ -29,6 +39,25 @@ pub struct Dispatcher {
     budget: InFlightBudget,
     replies: ReplyPolicy,
     metrics: Metrics,
+    traces: Traces,
+}
+
+fn hook_type_label(raw: i32) -> &'static str {
+    pb::HookType::name_of(raw).unwrap_or("Unknown")
+}
+
+fn rpc_attributes(method: &'static str) -> [KeyValue; 3] {
+    [
+        KeyValue::new("rpc.system", "grpc"),
+        KeyValue::new("rpc.service", pb::SERVICE_NAME),
+        KeyValue::new("rpc.method", method),
+    ]
+}
+
+/// A tracing span carrying the call's trace and span IDs, so every log line of the call has
+/// them.
+fn log_span(span: &CallSpan) -> tracing::Span {
+    tracing::info_span!("call", trace_id = %span.trace_id(), span_id = %span.span_id())
 }
 
 impl Dispatcher {
@@ -38,33 +67,40 @@ impl Dispatcher {
         budget: InFlightBudget,
         replies: ReplyPolicy,
         metrics: Metrics,
+        traces: Traces,
     ) -> Self {
         Self {
             log,
             budget,
             replies,
             metrics,
+            traces,
         }
     }
 
-    fn log_object(&self, bytes: &[u8], hook_name: &str) {
-        match object_log::render(bytes) {
-            Ok(json) => tracing::info!(hook_name, object = %json, "object"),
-            Err(err) => {
-                tracing::warn!(hook_name, error = %err, "object could not be decoded for logging")
-            }
-        }
+    fn start_span(&self, metadata: &MetadataMap, summary: &ObjectSummary<'_>) -> CallSpan {
+        let attributes = if self.traces.exporting() {
+            let mut attributes = Vec::with_capacity(7);
+            attributes.extend(rpc_attributes("Dispatch"));
+            attributes.extend([
+                KeyValue::new("tyk.hook.type", hook_type_label(summary.hook_type)),
+                KeyValue::new("tyk.hook.name", summary.hook_name.to_string()),
+                KeyValue::new("tyk.api.id", summary.api_id.unwrap_or("").to_string()),
+                KeyValue::new("tyk.org.id", summary.org_id.unwrap_or("").to_string()),
+            ]);
+            attributes
+        } else {
+            Vec::new()
+        };
+        self.traces.start(DISPATCH_SPAN, metadata, attributes)
     }
-}
 
-fn hook_type_label(raw: i32) -> &'static str {
-    pb::HookType::name_of(raw).unwrap_or("Unknown")
-}
-
-#[tonic::async_trait]
-impl pb::dispatcher_server::Dispatcher for Dispatcher {
-    async fn dispatch(&self, request: Request<RawMessage>) -> Result<Response<RawMessage>, Status> {
-        let bytes = request.into_inner().into_bytes();
+    /// Everything after the scan: budget, logs, the (unchanged) reply fitted to the limit.
+    fn answer(
+        &self,
+        bytes: &Bytes,
+        summary: &ObjectSummary<'_>,
+    ) -> Result<(Bytes, Outcome, Arc<crate::limits::BudgetShare>), Status> {
         let share = self.budget.take(bytes.len()).inspect_err(|status| {
             self.metrics.reject(Rejection::InFlightBudget);
             tracing::warn!(
@@ -73,17 +109,8 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                 "call refused"
             );
         })?;
-        let summary = wire::scan_object(&bytes).map_err(|err| {
-            self.metrics.reject(Rejection::Malformed);
-            tracing::warn!(request_bytes = bytes.len(), error = %err, "malformed Object refused");
-            Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
-        })?;
         let hook_type = hook_type_label(summary.hook_type);
         let api_id = summary.api_id.unwrap_or("");
-        let series = self
-            .metrics
-            .hook(summary.hook_type, hook_type, summary.hook_name);
-
         if pb::HookType::name_of(summary.hook_type).is_none() || summary.hook_type == 0 {
             tracing::warn!(
                 hook_type = summary.hook_type,
@@ -95,34 +122,96 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
             tracing::info!(hook_type, hook_name = summary.hook_name, api_id, "dispatch");
         }
         if self.log.objects {
-            self.log_object(&bytes, summary.hook_name);
+            match object_log::render(bytes) {
+                Ok(json) => tracing::info!(hook_name = summary.hook_name, object = %json, "object"),
+                Err(err) => tracing::warn!(error = %err, "object could not be decoded for logging"),
+            }
         }
-
         // Nothing changes the Object yet: the request's own bytes go back.
         let (reply, _fit) = self.replies.fit(bytes.clone()).inspect_err(|_| {
             self.metrics.reject(Rejection::ReplyTooLarge);
-            series.record(Outcome::Error);
         })?;
-        series.record(Outcome::Unchanged);
-        let mut response = Response::new(RawMessage::new(reply));
-        // Held until the reply has been sent (see `response`).
-        response.extensions_mut().insert(Arc::new(share));
-        Ok(response)
+        Ok((reply, Outcome::Unchanged, Arc::new(share)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::dispatcher_server::Dispatcher for Dispatcher {
+    async fn dispatch(&self, request: Request<RawMessage>) -> Result<Response<RawMessage>, Status> {
+        let (metadata, _, message) = request.into_parts();
+        let bytes = message.into_bytes();
+        let scanned = wire::scan_object(&bytes);
+        let summary = scanned.clone().unwrap_or_default();
+        let api_id = summary.api_id.unwrap_or("");
+        let series = self.metrics.hook(
+            summary.hook_type,
+            hook_type_label(summary.hook_type),
+            summary.hook_name,
+        );
+        let measure = self.metrics.start_call(series, bytes.len());
+        let span = self.start_span(&metadata, &summary);
+        let result = async {
+            match &scanned {
+                Ok(summary) => self.answer(&bytes, summary),
+                Err(err) => {
+                    self.metrics.reject(Rejection::Malformed);
+                    tracing::warn!(request_bytes = bytes.len(), error = %err, "malformed Object refused");
+                    Err(Status::invalid_argument(format!("malformed coprocess.Object: {err}")))
+                }
+            }
+        }
+        .instrument(log_span(&span))
+        .await;
+        let exemplar = span.exemplar();
+        match result {
+            Ok((reply, outcome, share)) => {
+                measure.finish(outcome, api_id, Some(reply.len()), exemplar);
+                span.end(outcome.as_str(), Code::Ok);
+                let mut response = Response::new(RawMessage::new(reply));
+                // Held until the reply has been sent (see `response`).
+                response.extensions_mut().insert(share);
+                Ok(response)
+            }
+            Err(status) => {
+                measure.finish(Outcome::Error, api_id, None, exemplar);
+                span.end(Outcome::Error.as_str(), status.code());
+                Err(status)
+            }
+        }
     }
 
     async fn dispatch_event(
         &self,
         request: Request<RawMessage>,
     ) -> Result<Response<RawMessage>, Status> {
-        let bytes = request.into_inner().into_bytes();
-        match wire::scan_event(&bytes) {
-            Ok(payload) => log_event(payload, &self.metrics),
-            Err(err) => {
-                // Still answered: the gateway only logs event errors, and a reply costs nothing.
-                self.metrics.events_unparsable.inc();
-                tracing::warn!(event_bytes = bytes.len(), error = %err, "malformed Event message");
+        let (metadata, _, message) = request.into_parts();
+        let bytes = message.into_bytes();
+        let attributes = if self.traces.exporting() {
+            rpc_attributes("DispatchEvent").to_vec()
+        } else {
+            Vec::new()
+        };
+        let mut span = self
+            .traces
+            .start(DISPATCH_EVENT_SPAN, &metadata, attributes);
+        let event_type = {
+            let _entered = log_span(&span).entered();
+            match wire::scan_event(&bytes) {
+                Ok(payload) => log_event(payload, &self.metrics),
+                Err(err) => {
+                    // Still answered: the gateway only logs event errors.
+                    self.metrics.events_unparsable.inc();
+                    self.metrics.event(None);
+                    tracing::warn!(event_bytes = bytes.len(), error = %err, "malformed Event message");
+                    None
+                }
             }
-        }
+        };
+        span.set_attribute(KeyValue::new(
+            "tyk.event.type",
+            event_type.unwrap_or_else(|| "other".into()),
+        ));
+        span.end("unchanged", Code::Ok);
         // An empty EventReply encodes to zero bytes.
         Ok(Response::new(RawMessage::default()))
     }
@@ -152,31 +241,36 @@ struct EventSpec<'a> {
     api_id: Option<Cow<'a, str>>,
 }
 
-fn log_event(payload: &[u8], metrics: &Metrics) {
+/// Logs and counts one event payload; returns its type.
+fn log_event(payload: &[u8], metrics: &Metrics) -> Option<String> {
     if payload.is_empty() {
         metrics.events_unparsable.inc();
+        metrics.event(None);
         tracing::warn!(payload_bytes = 0, "event payload is empty");
-        return;
+        return None;
     }
     match serde_json::from_slice::<EventPayload<'_>>(payload) {
-        Ok(event) => tracing::info!(
-            event_type = event
-                .message
-                .as_ref()
-                .and_then(|m| m.kind.as_deref())
-                .unwrap_or(""),
-            handler_name = event.handler_name.as_deref().unwrap_or(""),
-            api_id = event
-                .spec
-                .as_ref()
-                .and_then(|s| s.api_id.as_deref())
-                .unwrap_or(""),
-            "event"
-        ),
+        Ok(event) => {
+            let event_type = event.message.as_ref().and_then(|m| m.kind.as_deref());
+            metrics.event(event_type);
+            tracing::info!(
+                event_type = event_type.unwrap_or(""),
+                handler_name = event.handler_name.as_deref().unwrap_or(""),
+                api_id = event
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.api_id.as_deref())
+                    .unwrap_or(""),
+                "event"
+            );
+            event_type.map(str::to_string)
+        }
         Err(err) => {
             metrics.events_unparsable.inc();
+            metrics.event(None);
             // serde_json's message gives line and column, never the content.
             tracing::warn!(payload_bytes = payload.len(), error = %err, "event payload is not JSON");
+            None
         }
     }
 }

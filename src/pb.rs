@@ -10,6 +10,9 @@ include!(concat!(env!("OUT_DIR"), "/coprocess.Dispatcher.rs"));
 /// Every `coprocess` file descriptor, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("coprocess_descriptor");
 
+/// The Tyk Gateway version whose protocol `proto/` matches.
+pub const PROTOCOL_VERSION: &str = "tyk-5.14.0";
+
 /// The gRPC service name.
 pub const SERVICE_NAME: &str = "coprocess.Dispatcher";
 

@@ -4,6 +4,7 @@
 
 mod address;
 mod gateway;
+pub mod otel;
 mod sources;
 
 use std::{path::PathBuf, time::Duration};
@@ -24,8 +25,34 @@ pub const GATEWAY_DEFAULT_RECV_BYTES: usize = 4 * 1024 * 1024;
 pub const DEFAULT_MAX_RECV_BYTES: usize = 64 * 1024 * 1024;
 /// The in-flight budget when none is set: at least this, and at least four largest messages.
 pub const MIN_DEFAULT_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
+/// Dispatch duration buckets: pass-through calls take tens of microseconds, plugins more.
+pub const DEFAULT_DURATION_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5,
+];
+/// Samplers we accept, as `OTEL_TRACES_SAMPLER` names them.
+pub const SAMPLERS: &[&str] = &[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+];
 /// gRPC frames carry a 32-bit length.
 pub const MAX_MESSAGE_BYTES: usize = u32::MAX as usize;
+
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    #[default]
+    #[serde(rename = "grpc")]
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318, path `/v1/traces`).
+    #[serde(rename = "http/protobuf")]
+    HttpProtobuf,
+}
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +128,46 @@ pub struct Config {
     pub log_objects: bool,
     /// `text` or `json`.
     pub log_format: LogFormat,
+    /// The collector's traces endpoint; unset: no trace export. For `grpc`, e.g.
+    /// `http://otel-collector:4317`; for `http/protobuf`, the full URL ending in `/v1/traces`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub otlp_protocol: OtlpProtocol,
+    /// Extra headers for the collector, `name=value` pairs separated by commas (often a
+    /// credential: never printed).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "sources::hide_secret"
+    )]
+    pub otlp_headers: Option<String>,
+    /// Longest time one export may take.
+    pub otlp_timeout_ms: u64,
+    /// `service.name` of our spans.
+    pub service_name: String,
+    /// Extra resource attributes of our spans, `name=value` pairs separated by commas
+    /// (`OTEL_RESOURCE_ATTRIBUTES`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource_attributes: Option<String>,
+    /// Sampler: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
+    /// `parentbased_always_off`, `parentbased_traceidratio`.
+    pub trace_sampler: String,
+    /// The ratio for the `*traceidratio` samplers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace_sampler_arg: Option<f64>,
+    /// Finished spans waiting for export; past it, spans are dropped and counted.
+    pub span_queue_size: usize,
+    /// Spans per export.
+    pub span_batch_size: usize,
+    /// Longest wait before a partial batch is exported.
+    pub span_batch_delay_ms: u64,
+    /// Buckets (seconds) of the Dispatch duration histogram.
+    #[serde(deserialize_with = "sources::number_list")]
+    pub metrics_duration_buckets: Vec<f64>,
+    /// Distinct hook names (and API IDs) counted by name; the rest count as `other`.
+    pub metrics_label_cap: usize,
+    /// Add an `api_id` label to the Dispatch request counter.
+    pub metrics_api_label: bool,
 }
 
 impl Default for Config {
@@ -130,6 +197,20 @@ impl Default for Config {
             log_calls: true,
             log_objects: false,
             log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            otlp_protocol: OtlpProtocol::Grpc,
+            otlp_headers: None,
+            otlp_timeout_ms: 10_000,
+            service_name: env!("CARGO_PKG_NAME").to_string(),
+            resource_attributes: None,
+            trace_sampler: "parentbased_always_on".to_string(),
+            trace_sampler_arg: None,
+            span_queue_size: 2048,
+            span_batch_size: 512,
+            span_batch_delay_ms: 1000,
+            metrics_duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
+            metrics_label_cap: 200,
+            metrics_api_label: false,
         }
     }
 }
@@ -300,6 +381,59 @@ impl Config {
                 "0 is not an interval; leave it unset to send no pings".into(),
             );
         }
+        if !SAMPLERS.contains(&self.trace_sampler.as_str()) {
+            push(
+                "trace_sampler",
+                format!(
+                    "{:?} is not a sampler (one of {})",
+                    self.trace_sampler,
+                    SAMPLERS.join(", ")
+                ),
+            );
+        }
+        if let Some(ratio) = self.trace_sampler_arg
+            && !(0.0..=1.0).contains(&ratio)
+        {
+            push(
+                "trace_sampler_arg",
+                format!("{ratio} is not a ratio from 0 to 1"),
+            );
+        }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            push(
+                "otlp_endpoint",
+                format!("{endpoint:?} must start with http:// or https://"),
+            );
+        }
+        if let Some(headers) = &self.otlp_headers
+            && let Err(message) = parse_headers(headers)
+        {
+            push("otlp_headers", message);
+        }
+        if self.span_queue_size == 0
+            || self.span_batch_size == 0
+            || self.span_batch_size > self.span_queue_size
+        {
+            push(
+                "span_batch_size",
+                format!(
+                    "{} must be at least 1 and at most span_queue_size ({})",
+                    self.span_batch_size, self.span_queue_size
+                ),
+            );
+        }
+        let buckets = &self.metrics_duration_buckets;
+        if buckets.is_empty()
+            || buckets.windows(2).any(|w| w[0] >= w[1])
+            || buckets.iter().any(|b| !b.is_finite() || *b <= 0.0)
+        {
+            push(
+                "metrics_duration_buckets",
+                format!("{buckets:?} must be positive, finite and strictly increasing"),
+            );
+        }
         if self.tls_reload_interval_secs == 0 {
             push("tls_reload_interval_secs", "0 is not an interval".into());
         }
@@ -340,6 +474,11 @@ impl Config {
         }
     }
 
+    /// Whether spans are exported.
+    pub fn tracing_enabled(&self) -> bool {
+        self.otlp_endpoint.is_some()
+    }
+
     /// The admin listen address.
     ///
     /// # Errors
@@ -350,6 +489,30 @@ impl Config {
             addr => Ok(addr),
         }
     }
+}
+
+/// Parses `name=value,name2=value2` (the `OTEL_EXPORTER_OTLP_HEADERS` form).
+///
+/// # Errors
+/// A message naming the malformed entry, without its value.
+pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| match entry.split_once('=') {
+            Some((name, value)) if !name.trim().is_empty() => Ok((
+                name.trim().to_ascii_lowercase(),
+                percent_encoding::percent_decode_str(value.trim())
+                    .decode_utf8_lossy()
+                    .into_owned(),
+            )),
+            // The value may be a credential: name only what is safe.
+            _ => Err(format!(
+                "an entry without name=value (entry starting {:?})",
+                entry.chars().take(3).collect::<String>()
+            )),
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -44,6 +44,20 @@ pub const KEYS: &[&str] = &[
     "log_calls",
     "log_objects",
     "log_format",
+    "otlp_endpoint",
+    "otlp_protocol",
+    "otlp_headers",
+    "otlp_timeout_ms",
+    "service_name",
+    "resource_attributes",
+    "trace_sampler",
+    "trace_sampler_arg",
+    "span_queue_size",
+    "span_batch_size",
+    "span_batch_delay_ms",
+    "metrics_duration_buckets",
+    "metrics_label_cap",
+    "metrics_api_label",
 ];
 
 /// Settings given as command-line flags; each wins over every other source.
@@ -166,6 +180,42 @@ pub struct Loaded {
     pub notes: Vec<String>,
 }
 
+/// A list of numbers, written as a TOML array or a comma-separated string (as in env vars).
+pub(crate) fn number_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<f64>, D::Error> {
+    use serde::Deserialize;
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Form {
+        Text(String),
+        List(Vec<f64>),
+    }
+    match Form::deserialize(deserializer)? {
+        Form::List(list) => Ok(list),
+        Form::Text(text) => text
+            .split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(|item| {
+                item.parse::<f64>()
+                    .map_err(|_| serde::de::Error::custom(format!("{item:?} is not a number")))
+            })
+            .collect(),
+    }
+}
+
+/// Prints a secret setting as set-but-hidden.
+pub(crate) fn hide_secret<S: serde::Serializer>(
+    value: &Option<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(_) => serializer.serialize_str("(hidden)"),
+        None => serializer.serialize_none(),
+    }
+}
+
 /// Kubernetes injects these for a Service named `tyk-dispatcher` into every pod of its
 /// namespace: `_SERVICE_HOST`, `_SERVICE_PORT[_<NAME>]`, `_PORT`, `_PORT_<n>_<PROTO>[_PROTO|_PORT|_ADDR]`.
 fn is_service_link(suffix: &str) -> bool {
@@ -250,7 +300,19 @@ pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
     let (env_dict, env_file, mut problems) = scan_env(&sources.env);
     let file = sources.file.clone().or(env_file);
 
-    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    let mut otel_layer = super::otel::layer(&sources.env);
+    if let Some(attributes) = sources
+        .env
+        .iter()
+        .find(|(k, _)| k == "OTEL_RESOURCE_ATTRIBUTES")
+    {
+        otel_layer.insert(
+            "resource_attributes".into(),
+            Value::from(attributes.1.clone()),
+        );
+    }
+    let mut figment = Figment::from(Serialized::defaults(Config::default()))
+        .merge(Serialized::defaults(otel_layer));
     if let Some(path) = &file {
         if path.is_file() {
             figment = figment.merge(Toml::file_exact(path));
@@ -280,6 +342,9 @@ pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
             return Err(Problems(problems));
         }
     };
+    if super::otel::sdk_disabled(&sources.env) {
+        config.otlp_endpoint = None;
+    }
     let notes = match gateway.apply(&mut config) {
         Ok(notes) => notes,
         Err(problem) => {
@@ -327,6 +392,10 @@ mod tests {
             keepalive_interval_secs: Some(1),
             max_in_flight_bytes: Some(1),
             worker_threads: Some(1),
+            otlp_endpoint: Some("http://c:4317".into()),
+            otlp_headers: Some("a=b".into()),
+            trace_sampler_arg: Some(1.0),
+            resource_attributes: Some("a=b".into()),
             ..Config::default()
         };
         let value = serde_json::to_value(&config).unwrap();

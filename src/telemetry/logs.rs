@@ -44,7 +44,7 @@ pub fn init(format: LogFormat) -> anyhow::Result<LogGuard> {
                 fmt::layer()
                     .json()
                     .flatten_event(true)
-                    .with_current_span(false)
+                    .with_current_span(true)
                     .with_span_list(false)
                     .with_writer(writer),
             )

@@ -1,0 +1,690 @@
+//! Prometheus metrics (prometheus-client, OpenMetrics text): per-hook request counters and
+//! latency histograms (with trace-id exemplars), sizes, events, rejections, connections, span
+//! export, build and process information.
+//!
+//! Label values stay bounded: hook names (and, when enabled, API IDs) past a cap count as
+//! `other`. The per-hook series are built once and cached, so the Dispatch hot path only
+//! increments.
+
+mod process;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, PoisonError, RwLock},
+    time::Instant,
+};
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, LabelSetEncoder, text::encode},
+    metrics::{
+        counter::Counter,
+        exemplar::HistogramWithExemplars,
+        family::{Family, MetricConstructor},
+        gauge::Gauge,
+        histogram::{Histogram, exponential_buckets},
+        info::Info,
+    },
+    registry::Registry,
+};
+
+pub use process::{ProcessCollector, Reading};
+
+/// How a Dispatch call ended, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The Object went back as it came.
+    Unchanged,
+    /// The Object went back changed.
+    Modified,
+    /// A hook ended the request (a response code, or authentication refused).
+    Responded,
+    /// A plugin step failed and its `on_error` policy answered.
+    Failed,
+    /// The call failed with a non-OK gRPC status.
+    Error,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [
+        Outcome::Unchanged,
+        Outcome::Modified,
+        Outcome::Responded,
+        Outcome::Failed,
+        Outcome::Error,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Unchanged => "unchanged",
+            Self::Modified => "modified",
+            Self::Responded => "responded",
+            Self::Failed => "failed",
+            Self::Error => "error",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Why a call was refused before any hook ran; the `reason` label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejection {
+    /// Over the in-flight byte budget.
+    InFlightBudget,
+    /// Not a well-formed message.
+    Malformed,
+    /// Reply over the known limit even without body strings.
+    ReplyTooLarge,
+    /// Request over the receive limit.
+    RequestTooLarge,
+}
+
+/// Tyk's event names; any other counts as `other`.
+pub const TYK_EVENTS: &[&str] = &[
+    "QuotaExceeded",
+    "RateLimitExceeded",
+    "AuthFailure",
+    "UpstreamOAuthError",
+    "KeyExpired",
+    "VersionFailure",
+    "OrgQuotaExceeded",
+    "OrgRateLimitExceeded",
+    "TriggerExceeded",
+    "BreakerTriggered",
+    "BreakerTripped",
+    "BreakerReset",
+    "HostDown",
+    "HostUp",
+    "TokenCreated",
+    "TokenUpdated",
+    "TokenDeleted",
+    "RateLimitSmoothingUp",
+    "RateLimitSmoothingDown",
+    "CertificateExpiringSoon",
+    "CertificateExpired",
+];
+
+/// What the metrics can be tuned by.
+#[derive(Debug, Clone)]
+pub struct MetricsSettings {
+    /// Buckets (seconds) of the Dispatch duration histogram.
+    pub duration_buckets: Vec<f64>,
+    /// Distinct hook names (and API IDs) before `other`.
+    pub label_cap: usize,
+    /// Add `api_id` to the request counter.
+    pub api_label: bool,
+}
+
+impl Default for MetricsSettings {
+    fn default() -> Self {
+        Self {
+            duration_buckets: crate::config::DEFAULT_DURATION_BUCKETS.to_vec(),
+            label_cap: 200,
+            api_label: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct DispatchLabels {
+    hook_type: &'static str,
+    hook_name: String,
+    api_id: Option<String>,
+    outcome: &'static str,
+}
+
+impl EncodeLabelSet for DispatchLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("hook_type", self.hook_type).encode(encoder.encode_label())?;
+        ("hook_name", self.hook_name.as_str()).encode(encoder.encode_label())?;
+        if let Some(api_id) = &self.api_id {
+            ("api_id", api_id.as_str()).encode(encoder.encode_label())?;
+        }
+        ("outcome", self.outcome).encode(encoder.encode_label())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookLabels {
+    hook_type: &'static str,
+    hook_name: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HookTypeLabel {
+    hook_type: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct EventLabels {
+    event_type: &'static str,
+}
+
+/// The exemplar attached to latency observations: the call's trace.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabel {
+    /// 32 hex digits.
+    pub trace_id: String,
+}
+
+#[derive(Debug, Clone)]
+struct DurationHistogram(Arc<[f64]>);
+
+impl MetricConstructor<HistogramWithExemplars<TraceLabel>> for DurationHistogram {
+    fn new_metric(&self) -> HistogramWithExemplars<TraceLabel> {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+fn size_histogram() -> Histogram {
+    // 256 B to 64 MiB.
+    Histogram::new(exponential_buckets(256.0, 4.0, 10))
+}
+
+type Outcomes = [Counter; 5];
+
+/// The series of one (hook type, hook name): built once, then only updated.
+#[derive(Debug)]
+pub struct HookSeries {
+    hook_type: &'static str,
+    hook_name: String,
+    requests: Outcomes,
+    by_api: Option<RwLock<HashMap<Box<str>, Arc<Outcomes>>>>,
+    duration: HistogramWithExemplars<TraceLabel>,
+    request_bytes: Histogram,
+    reply_bytes: Histogram,
+}
+
+type HookSeriesByName = RwLock<HashMap<Box<str>, Arc<HookSeries>>>;
+
+/// Every metric the server exports; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    settings: Arc<MetricsSettings>,
+    dispatch_requests: Family<DispatchLabels, Counter>,
+    dispatch_duration: Family<HookLabels, HistogramWithExemplars<TraceLabel>, DurationHistogram>,
+    request_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
+    reply_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
+    hooks: Arc<[HookSeriesByName; 7]>,
+    rejected: Family<ReasonLabels, Counter>,
+    events: Family<EventLabels, Counter>,
+    /// Dispatch calls being handled now.
+    pub in_flight: Gauge,
+    /// Replies whose `body` strings were dropped to fit the gateway's limit.
+    pub body_strings_dropped: Counter,
+    /// Replies sent over the gateway's default 4 MiB limit (no limit known).
+    pub replies_over_gateway_default: Counter,
+    /// Open client connections.
+    pub connections: Gauge,
+    /// Client connections accepted since start.
+    pub connections_accepted: Counter,
+    /// DispatchEvent payloads that were not JSON.
+    pub events_unparsable: Counter,
+    /// Spans handed to the exporter and accepted by the collector.
+    pub spans_exported: Counter,
+    /// Spans lost: queue full, or the collector refused or could not be reached.
+    pub spans_dropped: Counter,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new(MetricsSettings::default())
+    }
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new(settings: MetricsSettings) -> Self {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector));
+        let registry = root.sub_registry_with_prefix("tyk_dispatcher");
+
+        let dispatch_requests = Family::<DispatchLabels, Counter>::default();
+        registry.register(
+            "dispatch_requests",
+            "Dispatch calls by hook and outcome",
+            dispatch_requests.clone(),
+        );
+        let buckets: Arc<[f64]> = settings.duration_buckets.clone().into();
+        let dispatch_duration = Family::new_with_constructor(DurationHistogram(buckets));
+        registry.register(
+            "dispatch_duration_seconds",
+            "Time to answer a Dispatch call, by hook",
+            dispatch_duration.clone(),
+        );
+        let in_flight = Gauge::default();
+        registry.register(
+            "dispatch_in_flight",
+            "Dispatch calls being handled",
+            in_flight.clone(),
+        );
+        let request_bytes = Family::new_with_constructor(size_histogram as fn() -> Histogram);
+        registry.register(
+            "request_bytes",
+            "Size of Dispatch requests",
+            request_bytes.clone(),
+        );
+        let reply_bytes = Family::new_with_constructor(size_histogram as fn() -> Histogram);
+        registry.register(
+            "reply_bytes",
+            "Size of Dispatch replies",
+            reply_bytes.clone(),
+        );
+        let events = Family::<EventLabels, Counter>::default();
+        registry.register(
+            "events",
+            "DispatchEvent calls by Tyk event type",
+            events.clone(),
+        );
+        let rejected = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "rejected_calls",
+            "Calls refused before any hook ran, by reason",
+            rejected.clone(),
+        );
+        let body_strings_dropped = Counter::default();
+        registry.register(
+            "reply_body_strings_dropped",
+            "Replies whose body strings were dropped to fit the gateway's receive limit",
+            body_strings_dropped.clone(),
+        );
+        let replies_over_gateway_default = Counter::default();
+        registry.register(
+            "replies_over_gateway_default_limit",
+            "Replies over the gateway's default 4 MiB receive limit sent while no limit was configured",
+            replies_over_gateway_default.clone(),
+        );
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open gRPC client connections",
+            connections.clone(),
+        );
+        let connections_accepted = Counter::default();
+        registry.register(
+            "connections_accepted",
+            "gRPC client connections accepted since start",
+            connections_accepted.clone(),
+        );
+        let events_unparsable = Counter::default();
+        registry.register(
+            "events_unparsable",
+            "DispatchEvent payloads that were not JSON",
+            events_unparsable.clone(),
+        );
+        let spans_exported = Counter::default();
+        registry.register(
+            "spans_exported",
+            "Spans accepted by the trace collector",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "spans_dropped",
+            "Spans lost because the export queue was full or the collector failed",
+            spans_dropped.clone(),
+        );
+        registry.register(
+            "build",
+            "Build information",
+            Info::new(vec![
+                ("version", env!("CARGO_PKG_VERSION")),
+                ("protocol", crate::pb::PROTOCOL_VERSION),
+            ]),
+        );
+        Self {
+            registry: Arc::new(root),
+            settings: Arc::new(settings),
+            dispatch_requests,
+            dispatch_duration,
+            request_bytes,
+            reply_bytes,
+            hooks: Arc::new(Default::default()),
+            rejected,
+            events,
+            in_flight,
+            body_strings_dropped,
+            replies_over_gateway_default,
+            connections,
+            connections_accepted,
+            events_unparsable,
+            spans_exported,
+            spans_dropped,
+        }
+    }
+
+    fn outcomes(&self, hook_type: &'static str, hook_name: &str, api_id: Option<&str>) -> Outcomes {
+        Outcome::ALL.map(|outcome| {
+            self.dispatch_requests
+                .get_or_create(&DispatchLabels {
+                    hook_type,
+                    hook_name: hook_name.to_string(),
+                    api_id: api_id.map(str::to_string),
+                    outcome: outcome.as_str(),
+                })
+                .clone()
+        })
+    }
+
+    /// The series of one hook, created on first use. Hook names past the cap share `other`.
+    pub fn hook(
+        &self,
+        hook_type: i32,
+        hook_type_name: &'static str,
+        hook_name: &str,
+    ) -> Arc<HookSeries> {
+        let slot = usize::try_from(hook_type)
+            .ok()
+            .filter(|t| *t < 6)
+            .unwrap_or(6);
+        let map = &self.hooks[slot];
+        if let Some(series) = map
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(hook_name)
+        {
+            return series.clone();
+        }
+        let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
+        let label = if map.len() >= self.settings.label_cap && !map.contains_key(hook_name) {
+            "other"
+        } else {
+            hook_name
+        };
+        if let Some(series) = map.get(label) {
+            return series.clone();
+        }
+        let type_label = HookTypeLabel {
+            hook_type: hook_type_name,
+        };
+        let series = Arc::new(HookSeries {
+            hook_type: hook_type_name,
+            hook_name: label.to_string(),
+            requests: self.outcomes(hook_type_name, label, None),
+            by_api: self.settings.api_label.then(Default::default),
+            duration: self
+                .dispatch_duration
+                .get_or_create(&HookLabels {
+                    hook_type: hook_type_name,
+                    hook_name: label.to_string(),
+                })
+                .clone(),
+            request_bytes: self.request_bytes.get_or_create(&type_label).clone(),
+            reply_bytes: self.reply_bytes.get_or_create(&type_label).clone(),
+        });
+        map.insert(label.into(), series.clone());
+        series
+    }
+
+    /// Starts measuring one Dispatch call.
+    pub fn start_call(&self, series: Arc<HookSeries>, request_bytes: usize) -> CallMeasure {
+        self.in_flight.inc();
+        series.request_bytes.observe(request_bytes as f64);
+        CallMeasure {
+            metrics: self.clone(),
+            series,
+            started: Instant::now(),
+            finished: false,
+        }
+    }
+
+    fn api_outcomes(&self, series: &HookSeries, api_id: &str) -> Option<Arc<Outcomes>> {
+        let by_api = series.by_api.as_ref()?;
+        if let Some(outcomes) = by_api
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(api_id)
+        {
+            return Some(outcomes.clone());
+        }
+        let mut map = by_api.write().unwrap_or_else(PoisonError::into_inner);
+        let label = if map.len() >= self.settings.label_cap && !map.contains_key(api_id) {
+            "other"
+        } else {
+            api_id
+        };
+        let outcomes = map
+            .entry(label.into())
+            .or_insert_with(|| {
+                Arc::new(self.outcomes(series.hook_type, &series.hook_name, Some(label)))
+            })
+            .clone();
+        Some(outcomes)
+    }
+
+    /// Counts a call refused for `reason`.
+    pub fn reject(&self, reason: Rejection) {
+        self.rejections(reason).inc();
+    }
+
+    /// The counter of calls refused for `reason`.
+    pub fn rejections(&self, reason: Rejection) -> Counter {
+        let reason = match reason {
+            Rejection::InFlightBudget => "in_flight_budget",
+            Rejection::Malformed => "malformed",
+            Rejection::ReplyTooLarge => "reply_too_large",
+            Rejection::RequestTooLarge => "request_too_large",
+        };
+        self.rejected
+            .get_or_create(&ReasonLabels { reason })
+            .clone()
+    }
+
+    /// Counts one event by its Tyk type (anything else, or nothing, as `other`).
+    pub fn event(&self, event_type: Option<&str>) {
+        let event_type = event_type
+            .and_then(|name| TYK_EVENTS.iter().find(|known| **known == name))
+            .copied()
+            .unwrap_or("other");
+        self.events.get_or_create(&EventLabels { event_type }).inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Measures one Dispatch call; a call dropped unfinished (cancelled) counts as an error.
+#[derive(Debug)]
+pub struct CallMeasure {
+    metrics: Metrics,
+    series: Arc<HookSeries>,
+    started: Instant,
+    finished: bool,
+}
+
+impl CallMeasure {
+    /// Records the call's outcome, latency (with the trace as exemplar) and reply size.
+    pub fn finish(
+        mut self,
+        outcome: Outcome,
+        api_id: &str,
+        reply_bytes: Option<usize>,
+        trace_id: Option<String>,
+    ) {
+        self.finished = true;
+        self.record(outcome, api_id);
+        if let Some(bytes) = reply_bytes {
+            self.series.reply_bytes.observe(bytes as f64);
+        }
+        self.series.duration.observe(
+            self.started.elapsed().as_secs_f64(),
+            trace_id.map(|trace_id| TraceLabel { trace_id }),
+            None,
+        );
+    }
+
+    fn record(&self, outcome: Outcome, api_id: &str) {
+        match self.metrics.api_outcomes(&self.series, api_id) {
+            Some(outcomes) => outcomes[outcome.index()].inc(),
+            None => self.series.requests[outcome.index()].inc(),
+        };
+    }
+}
+
+impl Drop for CallMeasure {
+    fn drop(&mut self) {
+        self.metrics.in_flight.dec();
+        if !self.finished {
+            self.record(Outcome::Error, "");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series))
+            .and_then(|rest| rest.trim().split(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn hook_series_are_counted_by_name_and_capped() {
+        let metrics = Metrics::new(MetricsSettings {
+            label_cap: 2,
+            ..MetricsSettings::default()
+        });
+        for (name, outcome) in [
+            ("a", Outcome::Unchanged),
+            ("a", Outcome::Unchanged),
+            ("b", Outcome::Error),
+            ("c", Outcome::Unchanged),
+            ("d", Outcome::Unchanged),
+        ] {
+            metrics
+                .start_call(metrics.hook(1, "Pre", name), 100)
+                .finish(outcome, "api", Some(100), None);
+        }
+        let text = metrics.encode();
+        let series = |name: &str, outcome: &str| {
+            count(
+                &text,
+                &format!(
+                    "tyk_dispatcher_dispatch_requests_total{{hook_type=\"Pre\",hook_name=\"{name}\",outcome=\"{outcome}\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("a", "unchanged"), Some(2.0), "{text}");
+        assert_eq!(series("b", "error"), Some(1.0), "{text}");
+        assert_eq!(series("other", "unchanged"), Some(2.0), "{text}");
+        assert_eq!(
+            count(
+                &text,
+                "tyk_dispatcher_dispatch_duration_seconds_count{hook_type=\"Pre\",hook_name=\"a\"}"
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            count(
+                &text,
+                "tyk_dispatcher_request_bytes_count{hook_type=\"Pre\"}"
+            ),
+            Some(5.0)
+        );
+        assert_eq!(count(&text, "tyk_dispatcher_dispatch_in_flight"), Some(0.0));
+        assert!(
+            text.contains("tyk_dispatcher_build_info{version=\""),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE process_cpu_seconds counter"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn the_api_label_is_opt_in_and_capped() {
+        let metrics = Metrics::new(MetricsSettings {
+            label_cap: 1,
+            api_label: true,
+            ..MetricsSettings::default()
+        });
+        for api in ["api-1", "api-2", "api-1"] {
+            metrics
+                .start_call(metrics.hook(5, "Response", "r"), 1)
+                .finish(Outcome::Unchanged, api, None, None);
+        }
+        let text = metrics.encode();
+        let prefix =
+            "tyk_dispatcher_dispatch_requests_total{hook_type=\"Response\",hook_name=\"r\",api_id=";
+        assert_eq!(
+            count(&text, &format!("{prefix}\"api-1\",outcome=\"unchanged\"}}")),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(
+            count(&text, &format!("{prefix}\"other\",outcome=\"unchanged\"}}")),
+            Some(1.0),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_dropped_call_counts_as_an_error_and_leaves_in_flight() {
+        let metrics = Metrics::default();
+        let call = metrics.start_call(metrics.hook(1, "Pre", "x"), 1);
+        assert_eq!(metrics.in_flight.get(), 1);
+        drop(call);
+        assert_eq!(metrics.in_flight.get(), 0);
+        assert!(
+            metrics
+                .encode()
+                .contains("hook_name=\"x\",outcome=\"error\"} 1")
+        );
+    }
+
+    #[test]
+    fn events_are_counted_by_tyk_name_or_other() {
+        let metrics = Metrics::default();
+        metrics.event(Some("AuthFailure"));
+        metrics.event(Some("MadeUp"));
+        metrics.event(None);
+        let text = metrics.encode();
+        assert_eq!(
+            count(
+                &text,
+                "tyk_dispatcher_events_total{event_type=\"AuthFailure\"}"
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            count(&text, "tyk_dispatcher_events_total{event_type=\"other\"}"),
+            Some(2.0)
+        );
+    }
+
+    #[test]
+    fn exemplars_carry_the_trace_id() {
+        let metrics = Metrics::default();
+        metrics.start_call(metrics.hook(1, "Pre", "x"), 1).finish(
+            Outcome::Unchanged,
+            "",
+            None,
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".into()),
+        );
+        assert!(
+            metrics
+                .encode()
+                .contains("# {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"}")
+        );
+    }
+}
