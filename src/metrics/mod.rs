@@ -427,11 +427,11 @@ impl Metrics {
     }
 
     /// Starts measuring one Dispatch call.
-    pub fn start_call(&self, series: Arc<HookSeries>, request_bytes: usize) -> CallMeasure {
+    pub fn start_call(&self, series: Arc<HookSeries>, request_bytes: usize) -> CallMeasure<'_> {
         self.in_flight.inc();
         series.request_bytes.observe(request_bytes as f64);
         CallMeasure {
-            metrics: self.clone(),
+            metrics: self,
             series,
             started: Instant::now(),
             finished: false,
@@ -500,14 +500,14 @@ impl Metrics {
 
 /// Measures one Dispatch call; a call dropped unfinished (cancelled) counts as an error.
 #[derive(Debug)]
-pub struct CallMeasure {
-    metrics: Metrics,
+pub struct CallMeasure<'a> {
+    metrics: &'a Metrics,
     series: Arc<HookSeries>,
     started: Instant,
     finished: bool,
 }
 
-impl CallMeasure {
+impl CallMeasure<'_> {
     /// Records the call's outcome, latency (with the trace as exemplar) and reply size.
     pub fn finish(
         mut self,
@@ -536,7 +536,7 @@ impl CallMeasure {
     }
 }
 
-impl Drop for CallMeasure {
+impl Drop for CallMeasure<'_> {
     fn drop(&mut self) {
         self.metrics.in_flight.dec();
         if !self.finished {

@@ -11,4 +11,5 @@ mod helpers;
 mod lifecycle;
 mod limits;
 mod tls;
+mod traces;
 mod unix;

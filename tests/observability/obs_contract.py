@@ -1,0 +1,93 @@
+"""The metrics contract between the dispatcher, the dashboard and the alerting rules."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    """One metric family as the exposition declares it (`# TYPE name type`)."""
+
+    name: str
+    type: str  # counter, gauge, histogram, info
+    labels: frozenset[str]
+    optional_labels: frozenset[str] = frozenset()
+
+    def series(self) -> list[str]:
+        """The series names Prometheus stores for it."""
+        if self.type == "counter":
+            return [self.name + "_total"]
+        if self.type == "histogram":
+            return [self.name + s for s in ("_bucket", "_count", "_sum")]
+        if self.type == "info":
+            return [self.name + "_info"]
+        return [self.name]
+
+
+def _f(name: str, type_: str, *labels: str, optional: tuple[str, ...] = ()) -> Family:
+    return Family(name, type_, frozenset(labels), frozenset(optional))
+
+
+HOOK_TYPES = {"Pre", "Post", "PostKeyAuth", "CustomKeyCheck", "Response", "Unknown"}
+OUTCOMES = {"unchanged", "modified", "responded", "failed", "error"}
+REJECTION_REASONS = {"malformed", "request_too_large", "in_flight_budget", "reply_too_large"}
+
+FAMILIES: list[Family] = [
+    _f("tyk_dispatcher_dispatch_requests", "counter", "hook_type", "hook_name", "outcome"),
+    _f("tyk_dispatcher_dispatch_duration_seconds", "histogram", "hook_type", "hook_name"),
+    _f("tyk_dispatcher_dispatch_in_flight", "gauge"),
+    _f("tyk_dispatcher_request_bytes", "histogram", "hook_type"),
+    _f("tyk_dispatcher_reply_bytes", "histogram", "hook_type"),
+    _f("tyk_dispatcher_events", "counter", "event_type"),
+    # `protocol`: the Tyk protocol version the server speaks (an addition to the issue's contract).
+    _f("tyk_dispatcher_build", "info", "version", optional=("protocol",)),
+    _f("tyk_dispatcher_spans_dropped", "counter"),
+    _f("tyk_dispatcher_spans_exported", "counter"),
+    _f("tyk_dispatcher_rejected_calls", "counter", "reason"),
+    _f("tyk_dispatcher_connections", "gauge"),
+    _f("tyk_dispatcher_connections_accepted", "counter"),
+    _f("tyk_dispatcher_reply_body_strings_dropped", "counter"),
+    _f("tyk_dispatcher_replies_over_gateway_default_limit", "counter"),
+    _f("process_resident_memory_bytes", "gauge"),
+    _f("process_cpu_seconds", "counter"),
+    _f("process_open_fds", "gauge"),
+    _f("process_start_time_seconds", "gauge"),
+]
+
+# Equivalent declarations an exposition may use instead (same series in Prometheus).
+ALTERNATIVES: dict[str, list[Family]] = {
+    "tyk_dispatcher_build": [_f("tyk_dispatcher_build_info", "gauge", "version", optional=("protocol",))],
+}
+
+# Families the server may still export beyond the contract, tolerated by the scrape test.
+TOLERATED_EXTRA = {"tyk_dispatcher_events_unparsable"}
+
+SERIES_NAMES: set[str] = {s for f in FAMILIES for s in f.series()}
+
+# Metric names the alerting rules may use besides the contract's: Prometheus's own `up`.
+ALERT_EXTRA_NAMES = {"up"}
+
+ALERT_NAMES = {
+    "TykDispatcherHighErrorRatio",
+    "TykDispatcherHighLatencyP99",
+    "TykDispatcherDown",
+    "TykDispatcherSpansDropped",
+    "TykDispatcherRequestsRejected",
+}
+
+# Series every dashboard must chart (the panels the observability issue asks for).
+DASHBOARD_REQUIRED_SERIES = {
+    "tyk_dispatcher_dispatch_requests_total",
+    "tyk_dispatcher_dispatch_duration_seconds_bucket",
+    "tyk_dispatcher_dispatch_in_flight",
+    "tyk_dispatcher_events_total",
+    "tyk_dispatcher_request_bytes_bucket",
+    "tyk_dispatcher_reply_bytes_bucket",
+    "process_resident_memory_bytes",
+    "process_cpu_seconds_total",
+    "tyk_dispatcher_connections",
+    "tyk_dispatcher_rejected_calls_total",
+    "tyk_dispatcher_spans_exported_total",
+    "tyk_dispatcher_spans_dropped_total",
+}
