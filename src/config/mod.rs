@@ -28,7 +28,7 @@ pub const MIN_DEFAULT_IN_FLIGHT_BYTES: usize = 256 * 1024 * 1024;
 /// Dispatch duration buckets: pass-through calls take tens of microseconds, plugins more.
 pub const DEFAULT_DURATION_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 /// Samplers we accept, as `OTEL_TRACES_SAMPLER` names them.
 pub const SAMPLERS: &[&str] = &[

@@ -342,6 +342,15 @@ impl Metrics {
                 ("protocol", crate::pb::PROTOCOL_VERSION),
             ]),
         );
+        // Every reason exists from the start, so rate() sees its first increment.
+        for reason in [
+            "in_flight_budget",
+            "malformed",
+            "reply_too_large",
+            "request_too_large",
+        ] {
+            let _ = rejected.get_or_create(&ReasonLabels { reason });
+        }
         Self {
             registry: Arc::new(root),
             settings: Arc::new(settings),

@@ -143,12 +143,17 @@ impl Traces {
                     .with_metadata(metadata)
                     .build()
             }
-            OtlpProtocol::HttpProtobuf => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_endpoint(endpoint.clone())
-                .with_timeout(timeout)
-                .with_headers(headers.into_iter().collect())
-                .build(),
+            OtlpProtocol::HttpProtobuf => {
+                // reqwest uses the process-wide rustls provider: ring, our only crypto backend.
+                // An error means one is installed already.
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_endpoint(endpoint.clone())
+                    .with_timeout(timeout)
+                    .with_headers(headers.into_iter().collect())
+                    .build()
+            }
         }
         .map_err(|err| error(err.to_string()))?;
 

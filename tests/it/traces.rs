@@ -307,3 +307,51 @@ async fn log_lines_carry_the_callers_trace_id_even_without_export() {
         "our own span, not the caller's"
     );
 }
+
+#[tokio::test]
+async fn spans_can_be_exported_over_http_protobuf() {
+    use axum::{Router, body::Bytes, routing::post};
+    let received = Arc::new(Mutex::new(Vec::<Span>::new()));
+    let router = Router::new().route(
+        "/v1/traces",
+        post({
+            let received = received.clone();
+            move |body: Bytes| async move {
+                let request =
+                    ExportTraceServiceRequest::decode(body).expect("an OTLP protobuf body");
+                let mut received = received.lock().unwrap();
+                for resource_spans in request.resource_spans {
+                    for scope in resource_spans.scope_spans {
+                        received.extend(scope.spans);
+                    }
+                }
+                ExportTraceServiceResponse::default().encode_to_vec()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let app = spawn_app(config_with(|c| {
+        c.otlp_endpoint = Some(format!("http://{addr}/v1/traces"));
+        c.otlp_protocol = tyk_dispatcher::config::OtlpProtocol::HttpProtobuf;
+        c.span_batch_delay_ms = 50;
+    }))
+    .await;
+    call_raw(app.channel().await, DISPATCH, seed_object().encode_to_vec())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    while received.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no span arrived over HTTP"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        received.lock().unwrap()[0].name,
+        "coprocess.Dispatcher/Dispatch"
+    );
+    app.shutdown().await;
+}
