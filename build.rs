@@ -30,6 +30,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(false)
         .build_client(true)
+        // Bodies decode as slices of the request buffer, not copies.
+        .bytes(".")
         .file_descriptor_set_path(&descriptor_path)
         .compile_with_config(config, PROTOS, &["proto"])?;
 

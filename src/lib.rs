@@ -5,6 +5,7 @@
 //! - [`config`]: the configuration tree, its sources (file, env, flags, the gateway's own
 //!   variables) and validation.
 //! - [`dispatcher`]: the `Dispatch`/`DispatchEvent` handlers.
+//! - [`hooks`]: declarative hook pipelines, built-in steps and the step API.
 //! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
 //! - [`object_log`]: the Object as canonical JSON with secrets redacted.
 //! - [`limits`]: message size and in-flight byte budgets.
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod dispatcher;
+pub mod hooks;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

@@ -179,7 +179,7 @@ mod tests {
     fn object(body: &[u8], utf8: bool) -> Bytes {
         pb::Object {
             request: Some(pb::MiniRequestObject {
-                raw_body: body.to_vec(),
+                raw_body: body.to_vec().into(),
                 body: if utf8 {
                     String::from_utf8(body.to_vec()).unwrap()
                 } else {

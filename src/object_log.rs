@@ -103,7 +103,11 @@ fn redact_url_field(request: &mut Map<String, Value>, field: &str) {
 /// # Errors
 /// When the bytes are not a valid Object.
 pub fn render(bytes: &[u8]) -> Result<Value, prost::DecodeError> {
-    let mut object = pb::Object::decode(bytes)?;
+    Ok(render_object(pb::Object::decode(bytes)?))
+}
+
+/// Renders a decoded Object as redacted canonical JSON.
+pub fn render_object(mut object: pb::Object) -> Value {
     // pbjson cannot name a hook type our enum lacks; canonical JSON writes it as a number.
     let unknown_hook_type = pb::HookType::try_from(object.hook_type)
         .is_err()
@@ -120,7 +124,7 @@ pub fn render(bytes: &[u8]) -> Result<Value, prost::DecodeError> {
     // pbjson's output for generated types is always serialisable.
     let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
     let Value::Object(root) = &mut value else {
-        return Ok(value);
+        return value;
     };
     if let Some(raw) = unknown_hook_type {
         root.insert("hookType".into(), Value::from(raw));
@@ -178,7 +182,7 @@ pub fn render(bytes: &[u8]) -> Result<Value, prost::DecodeError> {
             }
         }
     }
-    Ok(value)
+    value
 }
 
 #[cfg(test)]
@@ -258,7 +262,7 @@ mod tests {
                 request_uri: format!("/get?key={}", secrets[4]),
                 params: map(&[("key", secrets[4])]),
                 body: secrets[13].into(),
-                raw_body: secrets[13].as_bytes().to_vec(),
+                raw_body: secrets[13].as_bytes().to_vec().into(),
                 ..Default::default()
             }),
             metadata: map(&[("token", secrets[3])]),
@@ -283,7 +287,7 @@ mod tests {
                     key: "Set-Cookie".into(),
                     values: vec![secrets[11].into()],
                 }],
-                raw_body: secrets[13].as_bytes().to_vec(),
+                raw_body: secrets[13].as_bytes().to_vec().into(),
                 ..Default::default()
             }),
         };

@@ -464,14 +464,14 @@ mod tests {
             hook_name: "MyPreHook".into(),
             request: Some(pb::MiniRequestObject {
                 body: "hello".into(),
-                raw_body: b"hello".to_vec(),
+                raw_body: b"hello".to_vec().into(),
                 url: "/get?a=1".into(),
                 ..Default::default()
             }),
             response: Some(pb::ResponseObject {
                 status_code: 200,
                 body: "ok".into(),
-                raw_body: b"ok".to_vec(),
+                raw_body: b"ok".to_vec().into(),
                 ..Default::default()
             }),
             spec: [("APIID", "api-1"), ("OrgID", "org-1"), ("bundle_hash", "x")]

@@ -165,6 +165,45 @@ struct ReasonLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    hook_name: String,
+    step: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AuthLabels {
+    hook_name: String,
+    step: String,
+    decision: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    hook_name: String,
+    reason: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// The counters of one step of one hook, built once per pipeline.
+#[derive(Debug, Clone)]
+pub struct StepCounters {
+    /// Runs by outcome: unchanged, modified, responded, failed.
+    pub runs: [Counter; 4],
+    /// Authentication decisions: allowed, denied.
+    pub auth: [Counter; 2],
+}
+
+/// Step outcome labels, in the order of [`StepCounters::runs`].
+pub const STEP_OUTCOMES: [&str; 4] = ["unchanged", "modified", "responded", "failed"];
+/// Hook failure reasons, in the order of [`Metrics::hook_failure_counters`].
+pub const FAILURE_REASONS: [&str; 3] = ["deadline", "panic", "error"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event_type: &'static str,
 }
@@ -218,6 +257,12 @@ pub struct Metrics {
     hooks: Arc<[HookSeriesByName; 7]>,
     rejected: Family<ReasonLabels, Counter>,
     events: Family<EventLabels, Counter>,
+    step_runs: Family<StepLabels, Counter>,
+    auth_decisions: Family<AuthLabels, Counter>,
+    hook_failures: Family<FailureLabels, Counter>,
+    config_reloads: Family<ResultLabels, Counter>,
+    /// Calls whose hook no pipeline matched.
+    pub unknown_hooks: Counter,
     /// Dispatch calls being handled now.
     pub in_flight: Gauge,
     /// Replies whose `body` strings were dropped to fit the gateway's limit.
@@ -334,6 +379,39 @@ impl Metrics {
             "Spans lost because the export queue was full or the collector failed",
             spans_dropped.clone(),
         );
+        let step_runs = Family::<StepLabels, Counter>::default();
+        registry.register(
+            "step_runs",
+            "Plugin step runs by hook, step and outcome",
+            step_runs.clone(),
+        );
+        let auth_decisions = Family::<AuthLabels, Counter>::default();
+        registry.register(
+            "auth_decisions",
+            "Authentication decisions by hook, step and decision",
+            auth_decisions.clone(),
+        );
+        let hook_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "hook_failures",
+            "Hooks answered by their on_error policy, by reason",
+            hook_failures.clone(),
+        );
+        let unknown_hooks = Counter::default();
+        registry.register(
+            "unknown_hooks",
+            "Calls whose hook no pipeline matched",
+            unknown_hooks.clone(),
+        );
+        let config_reloads = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Hook configuration reloads by result",
+            config_reloads.clone(),
+        );
+        for result in ["success", "failure"] {
+            let _ = config_reloads.get_or_create(&ResultLabels { result });
+        }
         registry.register(
             "build",
             "Build information",
@@ -361,6 +439,11 @@ impl Metrics {
             hooks: Arc::new(Default::default()),
             rejected,
             events,
+            step_runs,
+            auth_decisions,
+            hook_failures,
+            config_reloads,
+            unknown_hooks,
             in_flight,
             body_strings_dropped,
             replies_over_gateway_default,
@@ -487,6 +570,50 @@ impl Metrics {
         self.rejected
             .get_or_create(&ReasonLabels { reason })
             .clone()
+    }
+
+    /// The counters of one step of one hook.
+    pub fn step_counters(&self, hook_name: &str, step: &str) -> StepCounters {
+        StepCounters {
+            runs: STEP_OUTCOMES.map(|outcome| {
+                self.step_runs
+                    .get_or_create(&StepLabels {
+                        hook_name: hook_name.to_string(),
+                        step: step.to_string(),
+                        outcome,
+                    })
+                    .clone()
+            }),
+            auth: ["allowed", "denied"].map(|decision| {
+                self.auth_decisions
+                    .get_or_create(&AuthLabels {
+                        hook_name: hook_name.to_string(),
+                        step: step.to_string(),
+                        decision,
+                    })
+                    .clone()
+            }),
+        }
+    }
+
+    /// The failure counters of one hook, by [`FAILURE_REASONS`].
+    pub fn hook_failure_counters(&self, hook_name: &str) -> [Counter; 3] {
+        FAILURE_REASONS.map(|reason| {
+            self.hook_failures
+                .get_or_create(&FailureLabels {
+                    hook_name: hook_name.to_string(),
+                    reason,
+                })
+                .clone()
+        })
+    }
+
+    /// Counts a hook configuration reload.
+    pub fn config_reload(&self, success: bool) {
+        let result = if success { "success" } else { "failure" };
+        self.config_reloads
+            .get_or_create(&ResultLabels { result })
+            .inc();
     }
 
     /// Counts one event by its Tyk type (anything else, or nothing, as `other`).

@@ -249,6 +249,31 @@ impl Traces {
         }
     }
 
+    /// Starts the span of one plugin step, child of the call's span (recorded only when the call
+    /// is).
+    pub fn start_child(&self, parent: &CallSpan, step_kind: &str) -> CallSpan {
+        match (&self.export, &parent.span) {
+            (Some(export), Some(_)) => {
+                let cx = Context::new().with_remote_span_context(parent.context.clone());
+                let span = export
+                    .tracer
+                    .span_builder(format!("step {step_kind}"))
+                    .with_kind(SpanKind::Internal)
+                    .with_attributes([KeyValue::new("tyk.step.kind", step_kind.to_string())])
+                    .start_with_context(&export.tracer, &cx);
+                let context = span.span_context().clone();
+                CallSpan {
+                    span: Some(span),
+                    context,
+                }
+            }
+            _ => CallSpan {
+                span: None,
+                context: parent.context.clone(),
+            },
+        }
+    }
+
     /// Exports what is queued and stops exporting, waiting at most `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
         if let Some(export) = &self.export {
@@ -290,6 +315,17 @@ impl CallSpan {
     pub fn set_attribute(&mut self, attribute: KeyValue) {
         if let Some(span) = &mut self.span {
             span.set_attribute(attribute);
+        }
+    }
+
+    /// Ends a step's span with the step's outcome.
+    pub fn end_step(mut self, outcome: &'static str) {
+        if let Some(span) = &mut self.span {
+            span.set_attribute(KeyValue::new("tyk.step.outcome", outcome));
+            if outcome == "failed" {
+                span.set_status(Status::error("step failed"));
+            }
+            span.end();
         }
     }
 

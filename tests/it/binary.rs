@@ -201,7 +201,7 @@ async fn object_logging_redacts_every_secret() {
     request.request_uri = request.url.clone();
     request.params.insert("key".into(), secrets[3].into());
     request.body = secrets[4].into();
-    request.raw_body = secrets[4].as_bytes().to_vec();
+    request.raw_body = secrets[4].as_bytes().to_vec().into();
     object
         .metadata
         .insert("token".into(), "token-secret".into());

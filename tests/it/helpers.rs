@@ -276,7 +276,7 @@ pub fn full_object() -> pb::Object {
             request_uri: "/full/path?a=1&b=2".into(),
             scheme: "https".into(),
             // Not UTF-8: the gateway leaves `body` empty for such bodies.
-            raw_body: vec![0xff, 0xfe, 0x00, 0x80, 0xc3, 0x28],
+            raw_body: vec![0xff, 0xfe, 0x00, 0x80, 0xc3, 0x28].into(),
         }),
         session: Some(pb::SessionState {
             last_check: 1,
@@ -340,7 +340,7 @@ pub fn full_object() -> pb::Object {
         ]),
         response: Some(pb::ResponseObject {
             status_code: 201,
-            raw_body: vec![0x00, 0xff, 0x10],
+            raw_body: vec![0x00, 0xff, 0x10].into(),
             body: String::new(),
             headers: map(&[("Set-Cookie", "a=1")]),
             multivalue_headers: vec![pb::Header {

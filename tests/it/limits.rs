@@ -10,7 +10,7 @@ fn object_with_body(body: Vec<u8>) -> Vec<u8> {
     let mut object = seed_object();
     let request = object.request.as_mut().expect("request");
     request.body = String::from_utf8(body.clone()).unwrap_or_default();
-    request.raw_body = body;
+    request.raw_body = body.into();
     object.encode_to_vec()
 }
 

@@ -1,0 +1,44 @@
+//! `log`: the seed's echo of the Object, as canonical JSON with secrets redacted, per hook.
+
+use serde::Deserialize;
+
+use super::settings;
+use crate::{
+    hooks::{
+        config::StepConfig,
+        step::{Step, StepContext, StepError, StepOutcome},
+    },
+    object_log, pb,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogSettings {}
+
+/// See the module docs.
+#[derive(Debug)]
+pub struct Log;
+
+impl Log {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+        let LogSettings {} = settings(config)?;
+        Ok(Self)
+    }
+}
+
+#[async_trait::async_trait]
+impl Step for Log {
+    fn kind(&self) -> &str {
+        "log"
+    }
+
+    async fn run(
+        &self,
+        object: &mut pb::Object,
+        cx: &StepContext,
+    ) -> Result<StepOutcome, StepError> {
+        let json = object_log::render_object(object.clone());
+        tracing::info!(hook_name = %cx.hook_name, object = %json, "object");
+        Ok(StepOutcome::Unchanged)
+    }
+}

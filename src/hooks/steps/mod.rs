@@ -1,0 +1,247 @@
+//! Built-in steps and the registry that builds steps from their configured kind.
+//!
+//! | kind | hook types | what it does |
+//! |---|---|---|
+//! | `log` | all | logs the Object as redacted JSON |
+//! | `set_headers`, `delete_headers` | request hooks | request headers, through `set_headers`/`delete_headers` |
+//! | `add_params`, `delete_params` | request hooks | query parameters |
+//! | `rewrite_url` | request hooks | the URL's path, by regular expression |
+//! | `set_method` | request hooks | the HTTP method |
+//! | `respond` | all | ends the request with a status, body and headers, under conditions |
+//! | `set_response_headers`, `delete_response_headers` | Response | response headers |
+
+mod headers;
+mod log;
+mod params;
+mod respond;
+mod url;
+
+use std::{collections::HashMap, sync::Arc};
+
+use serde::de::DeserializeOwned;
+
+use super::{config::StepConfig, step::Step};
+use crate::pb::HookType;
+
+pub use headers::canonical_header_name;
+pub(crate) use respond::{replace_response, respond_to_request};
+
+/// The request hooks: every type but Response.
+pub const REQUEST_HOOKS: &[HookType] = &[
+    HookType::Pre,
+    HookType::Post,
+    HookType::PostKeyAuth,
+    HookType::CustomKeyCheck,
+];
+/// Every hook type.
+pub const ALL_HOOKS: &[HookType] = &[
+    HookType::Pre,
+    HookType::Post,
+    HookType::PostKeyAuth,
+    HookType::CustomKeyCheck,
+    HookType::Response,
+];
+/// Response hooks only.
+pub const RESPONSE_HOOK: &[HookType] = &[HookType::Response];
+/// Custom authentication only.
+pub const AUTH_HOOK: &[HookType] = &[HookType::CustomKeyCheck];
+
+/// Builds a step from its settings; the message of an error names what is wrong.
+pub type StepFactory = Arc<dyn Fn(&StepConfig) -> Result<Arc<dyn Step>, String> + Send + Sync>;
+
+/// A step kind: where it can act and how to build it.
+#[derive(Clone)]
+pub struct StepKind {
+    /// Hook types the step can act on.
+    pub hook_types: &'static [HookType],
+    /// The builder.
+    pub build: StepFactory,
+}
+
+impl std::fmt::Debug for StepKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepKind")
+            .field("hook_types", &self.hook_types)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Step kinds by name.
+#[derive(Debug, Clone)]
+pub struct StepRegistry {
+    kinds: HashMap<String, StepKind>,
+}
+
+/// Parses a step's settings into its own type (unknown settings are refused).
+///
+/// # Errors
+/// serde's message, naming the setting.
+pub fn settings<T: DeserializeOwned>(config: &StepConfig) -> Result<T, String> {
+    serde_json::from_value(serde_json::Value::Object(config.settings.clone()))
+        .map_err(|err| err.to_string())
+}
+
+fn kind<S: Step + 'static>(
+    hook_types: &'static [HookType],
+    build: fn(&StepConfig) -> Result<S, String>,
+) -> StepKind {
+    StepKind {
+        hook_types,
+        build: Arc::new(move |config| build(config).map(|step| Arc::new(step) as Arc<dyn Step>)),
+    }
+}
+
+impl Default for StepRegistry {
+    fn default() -> Self {
+        Self::builtin()
+    }
+}
+
+impl StepRegistry {
+    /// The built-in kinds.
+    pub fn builtin() -> Self {
+        let mut kinds = HashMap::new();
+        kinds.insert("log".to_string(), kind(ALL_HOOKS, log::Log::build));
+        kinds.insert(
+            "set_headers".to_string(),
+            kind(REQUEST_HOOKS, headers::SetHeaders::build),
+        );
+        kinds.insert(
+            "delete_headers".to_string(),
+            kind(REQUEST_HOOKS, headers::DeleteHeaders::build),
+        );
+        kinds.insert(
+            "set_response_headers".to_string(),
+            kind(RESPONSE_HOOK, headers::SetResponseHeaders::build),
+        );
+        kinds.insert(
+            "delete_response_headers".to_string(),
+            kind(RESPONSE_HOOK, headers::DeleteResponseHeaders::build),
+        );
+        kinds.insert(
+            "add_params".to_string(),
+            kind(REQUEST_HOOKS, params::AddParams::build),
+        );
+        kinds.insert(
+            "delete_params".to_string(),
+            kind(REQUEST_HOOKS, params::DeleteParams::build),
+        );
+        kinds.insert(
+            "rewrite_url".to_string(),
+            kind(REQUEST_HOOKS, url::RewriteUrl::build),
+        );
+        kinds.insert(
+            "set_method".to_string(),
+            kind(REQUEST_HOOKS, url::SetMethod::build),
+        );
+        kinds.insert(
+            "respond".to_string(),
+            kind(ALL_HOOKS, respond::Respond::build),
+        );
+        Self { kinds }
+    }
+
+    /// Adds (or replaces) a kind.
+    pub fn register(&mut self, name: impl Into<String>, kind: StepKind) {
+        self.kinds.insert(name.into(), kind);
+    }
+
+    /// Builds the step `config` describes for a hook of `hook_type`.
+    ///
+    /// # Errors
+    /// An unknown kind, a kind that cannot act on this hook type, or bad settings.
+    pub fn build(&self, config: &StepConfig, hook_type: HookType) -> Result<Arc<dyn Step>, String> {
+        let Some(kind) = self.kinds.get(&config.kind) else {
+            let mut known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+            known.sort_unstable();
+            return Err(format!(
+                "unknown step kind {:?} (known: {})",
+                config.kind,
+                known.join(", ")
+            ));
+        };
+        if !kind.hook_types.contains(&hook_type) {
+            let allowed: Vec<&str> = kind.hook_types.iter().map(|t| t.as_str_name()).collect();
+            return Err(format!(
+                "step {:?} cannot act on {} hooks (only on {})",
+                config.kind,
+                hook_type.as_str_name(),
+                allowed.join(", ")
+            ));
+        }
+        (kind.build)(config).map_err(|err| format!("step {:?}: {err}", config.kind))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::sync::Arc;
+
+    use crate::{
+        hooks::{
+            config::StepConfig,
+            step::{Step, StepContext, StepOutcome},
+        },
+        pb,
+    };
+
+    pub(crate) fn step_config(kind: &str, settings: serde_json::Value) -> StepConfig {
+        StepConfig {
+            kind: kind.to_string(),
+            settings: settings.as_object().cloned().unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn cx(hook_type: pb::HookType) -> StepContext {
+        StepContext {
+            hook_type,
+            hook_name: Arc::from("test-hook"),
+            api_id: "api-1".into(),
+            org_id: "org-1".into(),
+            config_data: None,
+        }
+    }
+
+    pub(crate) async fn run_step(
+        step: &dyn Step,
+        object: &mut pb::Object,
+        cx: &StepContext,
+    ) -> StepOutcome {
+        step.run(object, cx).await.expect("step runs")
+    }
+
+    #[test]
+    fn the_registry_refuses_unknown_kinds_and_wrong_hook_types() {
+        let registry = super::StepRegistry::builtin();
+        let err = registry
+            .build(
+                &step_config("set_header", serde_json::json!({})),
+                pb::HookType::Pre,
+            )
+            .unwrap_err();
+        assert!(
+            err.starts_with("unknown step kind \"set_header\" (known: "),
+            "{err}"
+        );
+        let err = registry
+            .build(
+                &step_config(
+                    "set_response_headers",
+                    serde_json::json!({"headers": {"a": "b"}}),
+                ),
+                pb::HookType::Pre,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "step \"set_response_headers\" cannot act on Pre hooks (only on Response)"
+        );
+        let err = registry
+            .build(
+                &step_config("set_headers", serde_json::json!({"headers": {}})),
+                pb::HookType::Pre,
+            )
+            .unwrap_err();
+        assert_eq!(err, "step \"set_headers\": needs at least one header");
+    }
+}

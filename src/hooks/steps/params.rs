@@ -1,0 +1,130 @@
+//! Query-parameter steps, through `add_params`/`delete_params`: the gateway rebuilds the query
+//! from the original one with those lists applied (a query written into `url` is reverted).
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use super::settings;
+use crate::{
+    hooks::{
+        config::StepConfig,
+        step::{Step, StepContext, StepError, StepOutcome},
+    },
+    pb,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamValues {
+    params: BTreeMap<String, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamNames {
+    names: Vec<String>,
+}
+
+/// `add_params`: `params = { name = "value" }` (replaces existing values).
+#[derive(Debug)]
+pub struct AddParams {
+    params: BTreeMap<String, String>,
+}
+
+impl AddParams {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+        let ParamValues { params } = settings(config)?;
+        if params.is_empty() {
+            return Err("needs at least one parameter".into());
+        }
+        Ok(Self { params })
+    }
+}
+
+#[async_trait::async_trait]
+impl Step for AddParams {
+    fn kind(&self) -> &str {
+        "add_params"
+    }
+
+    async fn run(
+        &self,
+        object: &mut pb::Object,
+        _cx: &StepContext,
+    ) -> Result<StepOutcome, StepError> {
+        let request = object.request.get_or_insert_with(Default::default);
+        for (name, value) in &self.params {
+            request.add_params.insert(name.clone(), value.clone());
+            request.delete_params.retain(|deleted| deleted != name);
+        }
+        Ok(StepOutcome::Modified)
+    }
+}
+
+/// `delete_params`: `names = ["debug"]`.
+#[derive(Debug)]
+pub struct DeleteParams {
+    names: Vec<String>,
+}
+
+impl DeleteParams {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+        let ParamNames { names } = settings(config)?;
+        if names.is_empty() {
+            return Err("needs at least one name".into());
+        }
+        Ok(Self { names })
+    }
+}
+
+#[async_trait::async_trait]
+impl Step for DeleteParams {
+    fn kind(&self) -> &str {
+        "delete_params"
+    }
+
+    async fn run(
+        &self,
+        object: &mut pb::Object,
+        _cx: &StepContext,
+    ) -> Result<StepOutcome, StepError> {
+        let request = object.request.get_or_insert_with(Default::default);
+        for name in &self.names {
+            request.add_params.remove(name);
+            if !request.delete_params.contains(name) {
+                request.delete_params.push(name.clone());
+            }
+        }
+        Ok(StepOutcome::Modified)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::steps::tests::{cx, run_step, step_config};
+
+    #[tokio::test]
+    async fn params_are_added_and_deleted_through_the_lists() {
+        let mut object = pb::Object::default();
+        let add = AddParams::build(&step_config(
+            "add_params",
+            serde_json::json!({"params": {"version": "2"}}),
+        ))
+        .unwrap();
+        let delete = DeleteParams::build(&step_config(
+            "delete_params",
+            serde_json::json!({"names": ["debug"]}),
+        ))
+        .unwrap();
+        run_step(&add, &mut object, &cx(pb::HookType::Pre)).await;
+        run_step(&delete, &mut object, &cx(pb::HookType::Pre)).await;
+        let request = object.request.unwrap();
+        assert_eq!(
+            request.add_params.get("version").map(String::as_str),
+            Some("2")
+        );
+        assert_eq!(request.delete_params, vec!["debug".to_string()]);
+    }
+}
