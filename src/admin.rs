@@ -1,7 +1,8 @@
 //! The admin HTTP port, apart from gRPC:
 //! - `GET /livez`: 200 while the process runs;
 //! - `GET /readyz`: 200 once every listener serves, 503 while starting or draining;
-//! - `GET /metrics`: Prometheus metrics, OpenMetrics text.
+//! - `GET /metrics`: Prometheus metrics, OpenMetrics text;
+//! - `GET /hooks`: the hooks in force and the unknown-hook policy, as JSON.
 
 use axum::{
     Router,
@@ -13,7 +14,7 @@ use axum::{
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{lifecycle::Lifecycle, metrics::Metrics};
+use crate::{hooks::Hooks, lifecycle::Lifecycle, metrics::Metrics};
 
 /// What the admin handlers read.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct AdminState {
     pub lifecycle: Lifecycle,
     /// Metrics to expose.
     pub metrics: Metrics,
+    /// The hooks in force.
+    pub hooks: Hooks,
 }
 
 /// The admin routes.
@@ -30,6 +33,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/livez", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/hooks", get(hooks))
         .with_state(state)
 }
 
@@ -48,6 +52,18 @@ async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
         state.metrics.encode(),
+    )
+}
+
+async fn hooks(State(state): State<AdminState>) -> impl IntoResponse {
+    let table = state.hooks.current();
+    let body = serde_json::json!({
+        "unknown_hooks": table.unknown(),
+        "hooks": table.configs(),
+    });
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
     )
 }
 

@@ -9,8 +9,10 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     admin,
+    config::Sources,
     config::{Config, ListenAddr, Problems},
     dispatcher::{Dispatcher, LogSettings},
+    hooks::{HookTable, Hooks, StepKind, StepRegistry},
     lifecycle::Lifecycle,
     limits::{InFlightBudget, ReplyPolicy},
     listener::{self, BindError, BindOptions, BoundAddr, Listener},
@@ -36,6 +38,9 @@ pub enum AppError {
     /// The reflection descriptors are broken (a build defect).
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// Hooks could not be built.
+    #[error("hooks: {}", .0.join("; "))]
+    Hooks(Vec<String>),
     /// Trace export could not be set up.
     #[error(transparent)]
     Traces(#[from] TracesError),
@@ -48,6 +53,8 @@ pub enum AppError {
 #[derive(Debug)]
 pub struct App {
     config: Config,
+    hooks: Hooks,
+    reload: Option<Sources>,
     grpc: Vec<(Listener, Option<Arc<ReloadingConfig>>)>,
     admin: Vec<TcpListener>,
     tls: Option<Arc<ReloadingConfig>>,
@@ -58,13 +65,47 @@ pub struct App {
     traces: Traces,
 }
 
-impl App {
-    /// Validates `config`, loads TLS files and binds every listener.
+/// Builds an [`App`]: custom step kinds, config reload.
+#[derive(Debug)]
+pub struct AppBuilder {
+    config: Config,
+    registry: StepRegistry,
+    reload: Option<Sources>,
+}
+
+impl AppBuilder {
+    /// Registers a custom step kind, usable in hooks as `kind = "<name>"`.
+    #[must_use]
+    pub fn step(mut self, name: impl Into<String>, kind: StepKind) -> Self {
+        self.registry.register(name, kind);
+        self
+    }
+
+    /// Re-reads the configuration from `sources` when its file changes, putting new hooks in
+    /// force (other settings need a restart).
+    #[must_use]
+    pub fn reload_from(mut self, sources: Sources) -> Self {
+        self.reload = Some(sources);
+        self
+    }
+
+    /// Validates the config, builds the hooks, loads TLS files and binds every listener.
     ///
     /// # Errors
-    /// Invalid config, unusable TLS files, or an address that cannot be bound.
-    pub async fn build(config: Config) -> Result<Self, AppError> {
+    /// Invalid config or hooks, unusable TLS files, or an address that cannot be bound.
+    pub async fn build(self) -> Result<App, AppError> {
+        let Self {
+            config,
+            registry,
+            reload,
+        } = self;
         config.validate()?;
+        let registry = Arc::new(registry);
+        let hooks = Hooks::new(
+            HookTable::build(&config.hooks, config.unknown_hooks, &registry)
+                .map_err(AppError::Hooks)?,
+            registry,
+        );
         let metrics = Metrics::new(MetricsSettings {
             duration_buckets: config.metrics_duration_buckets.clone(),
             label_cap: config.metrics_label_cap,
@@ -81,6 +122,7 @@ impl App {
             ReplyPolicy::new(config.max_reply_bytes, metrics.clone()),
             metrics.clone(),
             traces.clone(),
+            hooks.clone(),
         );
         let (routes, health) = server::routes(&config, dispatcher)?;
         // Not serving until every listener is up.
@@ -138,8 +180,10 @@ impl App {
         let admin = bind_admin(&admin_addr)?;
         let connections =
             ConnectionServer::new(&config, routes, lifecycle.clone(), metrics.clone());
-        Ok(Self {
+        Ok(App {
             config,
+            hooks,
+            reload,
             grpc,
             admin,
             tls,
@@ -149,6 +193,30 @@ impl App {
             metrics,
             traces,
         })
+    }
+}
+
+impl App {
+    /// An [`AppBuilder`] for `config`, to register custom steps or config reload.
+    pub fn builder(config: Config) -> AppBuilder {
+        AppBuilder {
+            config,
+            registry: StepRegistry::builtin(),
+            reload: None,
+        }
+    }
+
+    /// Validates `config`, builds its hooks, loads TLS files and binds every listener.
+    ///
+    /// # Errors
+    /// Invalid config or hooks, unusable TLS files, or an address that cannot be bound.
+    pub async fn build(config: Config) -> Result<Self, AppError> {
+        Self::builder(config).build().await
+    }
+
+    /// The hooks in force.
+    pub fn hooks(&self) -> Hooks {
+        self.hooks.clone()
     }
 
     /// Where the gRPC listeners are bound (plaintext first, then TLS).
@@ -186,6 +254,8 @@ impl App {
     pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), AppError> {
         let Self {
             config,
+            hooks,
+            reload,
             grpc,
             admin,
             tls,
@@ -199,8 +269,19 @@ impl App {
         let mut admin_tasks = JoinSet::new();
         let router = admin::router(admin::AdminState {
             lifecycle: lifecycle.clone(),
-            metrics,
+            metrics: metrics.clone(),
+            hooks: hooks.clone(),
         });
+        if let Some(sources) = reload {
+            let interval = std::time::Duration::from_secs(config.config_reload_interval_secs);
+            tokio::spawn(crate::reload::watch(
+                sources,
+                hooks,
+                metrics,
+                interval,
+                admin_stop.clone(),
+            ));
+        }
         for listener in admin {
             tracing::info!(addr = %listener.local_addr().map_err(AppError::Admin)?, "admin interface");
             admin_tasks.spawn(admin::serve(listener, router.clone(), admin_stop.clone()));

@@ -4,7 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{CliOverrides, Loaded};
+use crate::{
+    config::{CliOverrides, Loaded},
+    hooks::{HookTable, StepRegistry},
+};
 
 /// A gRPC plugin server for Tyk Gateway.
 #[derive(Debug, Parser)]
@@ -32,6 +35,17 @@ pub enum Command {
 
 /// Prints the effective configuration as TOML, with notes as warnings on stderr.
 pub fn check_config(loaded: &Loaded) -> ExitCode {
+    let config = &loaded.config;
+    if let Err(problems) = HookTable::build(
+        &config.hooks,
+        config.unknown_hooks,
+        &StepRegistry::builtin(),
+    ) {
+        for problem in problems {
+            eprintln!("config error: hooks: {problem}");
+        }
+        return ExitCode::from(crate::config::EXIT_CONFIG);
+    }
     for note in &loaded.notes {
         eprintln!("warning: {note}");
     }

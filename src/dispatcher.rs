@@ -11,6 +11,7 @@ use tracing::Instrument;
 
 use crate::{
     codec::RawMessage,
+    hooks::{Hooks, StepContext, UnknownHooks, fail_closed},
     limits::{InFlightBudget, ReplyPolicy},
     metrics::{Metrics, Outcome, Rejection},
     object_log, pb,
@@ -40,6 +41,15 @@ pub struct Dispatcher {
     replies: ReplyPolicy,
     metrics: Metrics,
     traces: Traces,
+    hooks: Hooks,
+}
+
+/// What a call answered.
+struct Answered {
+    reply: Bytes,
+    outcome: Outcome,
+    response_code: Option<i32>,
+    share: Arc<crate::limits::BudgetShare>,
 }
 
 fn hook_type_label(raw: i32) -> &'static str {
@@ -68,6 +78,7 @@ impl Dispatcher {
         replies: ReplyPolicy,
         metrics: Metrics,
         traces: Traces,
+        hooks: Hooks,
     ) -> Self {
         Self {
             log,
@@ -75,6 +86,7 @@ impl Dispatcher {
             replies,
             metrics,
             traces,
+            hooks,
         }
     }
 
@@ -95,12 +107,14 @@ impl Dispatcher {
         self.traces.start(DISPATCH_SPAN, metadata, attributes)
     }
 
-    /// Everything after the scan: budget, logs, the (unchanged) reply fitted to the limit.
-    fn answer(
+    /// Everything after the scan: budget, logs, the hook's pipeline, the reply fitted to the
+    /// limit.
+    async fn answer(
         &self,
         bytes: &Bytes,
         summary: &ObjectSummary<'_>,
-    ) -> Result<(Bytes, Outcome, Arc<crate::limits::BudgetShare>), Status> {
+        span: &CallSpan,
+    ) -> Result<Answered, Status> {
         let share = self.budget.take(bytes.len()).inspect_err(|status| {
             self.metrics.reject(Rejection::InFlightBudget);
             tracing::warn!(
@@ -127,11 +141,76 @@ impl Dispatcher {
                 Err(err) => tracing::warn!(error = %err, "object could not be decoded for logging"),
             }
         }
-        // Nothing changes the Object yet: the request's own bytes go back.
-        let (reply, _fit) = self.replies.fit(bytes.clone()).inspect_err(|_| {
+        let (reply, outcome, response_code) = self.run_hook(bytes, summary, span).await?;
+        let (reply, _fit) = self.replies.fit(reply).inspect_err(|_| {
             self.metrics.reject(Rejection::ReplyTooLarge);
         })?;
-        Ok((reply, Outcome::Unchanged, Arc::new(share)))
+        Ok(Answered {
+            reply,
+            outcome,
+            response_code,
+            share: Arc::new(share),
+        })
+    }
+
+    /// The hook's pipeline, or the unknown-hook policy; the request's own bytes go back when
+    /// nothing changes.
+    async fn run_hook(
+        &self,
+        bytes: &Bytes,
+        summary: &ObjectSummary<'_>,
+        span: &CallSpan,
+    ) -> Result<(Bytes, Outcome, Option<i32>), Status> {
+        let table = self.hooks.current();
+        let api_id = summary.api_id.unwrap_or("");
+        let Some(pipeline) = table.find(summary.hook_type, summary.hook_name, api_id) else {
+            self.metrics.unknown_hooks.inc();
+            if !table.is_empty()
+                && self
+                    .hooks
+                    .first_unknown(summary.hook_type, summary.hook_name)
+            {
+                tracing::warn!(
+                    hook_type = hook_type_label(summary.hook_type),
+                    hook_name = summary.hook_name,
+                    policy = ?table.unknown(),
+                    "no hook declared for this name (warned once)"
+                );
+            }
+            if table.unknown() == UnknownHooks::Pass {
+                return Ok((bytes.clone(), Outcome::Unchanged, None));
+            }
+            let object = decode(bytes)?;
+            let mut refused = object.clone();
+            let hook_type = pb::HookType::try_from(summary.hook_type).unwrap_or(pb::HookType::Pre);
+            fail_closed(&mut refused, hook_type);
+            let reply = crate::hooks::reply_bytes(bytes, &object, &refused)
+                .map_err(|err| {
+                    Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
+                })?
+                .unwrap_or_else(|| bytes.clone());
+            return Ok((reply, Outcome::Failed, None));
+        };
+        let object = decode(bytes)?;
+        let config_data = object
+            .spec
+            .get("config_data")
+            .and_then(|raw| self.hooks.config_data(raw));
+        let cx = StepContext {
+            hook_type: pipeline.hook_type,
+            hook_name: pipeline.name.clone(),
+            api_id: api_id.to_string(),
+            org_id: summary.org_id.unwrap_or("").to_string(),
+            config_data,
+        };
+        let answer = pipeline
+            .run(bytes, object, &cx, &self.metrics, &self.traces, span)
+            .await;
+        Ok((
+            answer.reply.unwrap_or_else(|| bytes.clone()),
+            answer.outcome,
+            answer.response_code,
+        ))
     }
 }
 
@@ -152,7 +231,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         let span = self.start_span(&metadata, &summary);
         let result = async {
             match &scanned {
-                Ok(summary) => self.answer(&bytes, summary),
+                Ok(summary) => self.answer(&bytes, summary, &span).await,
                 Err(err) => {
                     self.metrics.reject(Rejection::Malformed);
                     tracing::warn!(request_bytes = bytes.len(), error = %err, "malformed Object refused");
@@ -163,13 +242,25 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         .instrument(log_span(&span))
         .await;
         let exemplar = span.exemplar();
+        let mut span = span;
         match result {
-            Ok((reply, outcome, share)) => {
-                measure.finish(outcome, api_id, Some(reply.len()), exemplar);
-                span.end(outcome.as_str(), Code::Ok);
-                let mut response = Response::new(RawMessage::new(reply));
+            Ok(answered) => {
+                measure.finish(
+                    answered.outcome,
+                    api_id,
+                    Some(answered.reply.len()),
+                    exemplar,
+                );
+                if let Some(code) = answered.response_code {
+                    span.set_attribute(KeyValue::new(
+                        "tyk.return_overrides.response_code",
+                        i64::from(code),
+                    ));
+                }
+                span.end(answered.outcome.as_str(), Code::Ok);
+                let mut response = Response::new(RawMessage::new(answered.reply));
                 // Held until the reply has been sent (see `response`).
-                response.extensions_mut().insert(share);
+                response.extensions_mut().insert(answered.share);
                 Ok(response)
             }
             Err(status) => {
@@ -215,6 +306,11 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         // An empty EventReply encodes to zero bytes.
         Ok(Response::new(RawMessage::default()))
     }
+}
+
+fn decode(bytes: &Bytes) -> Result<pb::Object, Status> {
+    <pb::Object as prost::Message>::decode(bytes.clone())
+        .map_err(|err| Status::invalid_argument(format!("malformed coprocess.Object: {err}")))
 }
 
 /// The parts of an event payload we log; everything else (notably `Meta.Key`, the raw key, and

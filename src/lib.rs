@@ -13,6 +13,7 @@
 //! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
 //! - [`listener`]: TCP, Unix-socket and TLS listeners.
 //! - [`tls`]: rustls configuration with certificate reload.
+//! - [`reload`]: hooks reloaded when the config file changes.
 //! - [`admin`]: the side HTTP port: `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`lifecycle`]: readiness, connection tracking, drain and shutdown signals.
@@ -33,11 +34,12 @@ pub mod listener;
 pub mod metrics;
 pub mod object_log;
 pub mod pb;
+pub mod reload;
 pub mod response;
 pub mod server;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;
 
-pub use app::App;
+pub use app::{App, AppBuilder};
 pub use config::Config;

@@ -7,27 +7,22 @@ use clap::Parser;
 use tokio_util::sync::CancellationToken;
 use tyk_dispatcher::{App, cli, config, lifecycle, telemetry};
 
-/// Exit code for configuration errors (sysexits' EX_CONFIG).
-const EXIT_CONFIG: u8 = 78;
-
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let loaded = match config::load(&config::Sources::from_process(
-        cli.config.clone(),
-        cli.overrides.clone(),
-    )) {
+    let sources = config::Sources::from_process(cli.config.clone(), cli.overrides.clone());
+    let loaded = match config::load(&sources) {
         Ok(loaded) => loaded,
         Err(config::Problems(problems)) => {
             for problem in problems {
                 eprintln!("config error: {problem}");
             }
-            return ExitCode::from(EXIT_CONFIG);
+            return ExitCode::from(config::EXIT_CONFIG);
         }
     };
     if matches!(cli.command, Some(cli::Command::CheckConfig)) {
         return cli::check_config(&loaded);
     }
-    match run(loaded) {
+    match run(loaded, sources) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err:#}");
@@ -36,7 +31,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(loaded: config::Loaded) -> anyhow::Result<()> {
+fn run(loaded: config::Loaded, sources: config::Sources) -> anyhow::Result<()> {
     let config = loaded.config;
     let _logs = telemetry::init(config.log_format)?;
     for note in &loaded.notes {
@@ -48,7 +43,7 @@ fn run(loaded: config::Loaded) -> anyhow::Result<()> {
     }
     let runtime = runtime.enable_all().build()?;
     runtime.block_on(async {
-        let app = App::build(config).await?;
+        let app = App::builder(config).reload_from(sources).build().await?;
         let stop = CancellationToken::new();
         tokio::spawn(lifecycle::stop_on_signals(stop.clone()));
         app.run_until_stopped(stop).await?;

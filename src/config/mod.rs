@@ -5,7 +5,7 @@
 mod address;
 mod gateway;
 pub mod otel;
-mod sources;
+pub mod sources;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -14,6 +14,9 @@ use serde::{Deserialize, Serialize};
 pub use address::{AddressError, AddressList, Host, ListenAddr};
 pub use gateway::GatewayOptions;
 pub use sources::{CliOverrides, Loaded, Sources, load};
+
+/// Exit code for configuration errors (sysexits' EX_CONFIG).
+pub const EXIT_CONFIG: u8 = 78;
 
 /// Where the gRPC server listens when nothing else says.
 pub const DEFAULT_LISTEN: &str = "[::]:50051";
@@ -168,6 +171,13 @@ pub struct Config {
     pub metrics_label_cap: usize,
     /// Add an `api_id` label to the Dispatch request counter.
     pub metrics_api_label: bool,
+    /// What calls whose hook is not declared get: `pass` or `reject`.
+    pub unknown_hooks: crate::hooks::UnknownHooks,
+    /// How often the config file is checked for hook changes.
+    pub config_reload_interval_secs: u64,
+    /// Hook pipelines (see the `hooks` module).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub hooks: Vec<crate::hooks::HookConfig>,
 }
 
 impl Default for Config {
@@ -211,6 +221,9 @@ impl Default for Config {
             metrics_duration_buckets: DEFAULT_DURATION_BUCKETS.to_vec(),
             metrics_label_cap: 200,
             metrics_api_label: false,
+            unknown_hooks: crate::hooks::UnknownHooks::Pass,
+            config_reload_interval_secs: 5,
+            hooks: Vec::new(),
         }
     }
 }
@@ -433,6 +446,9 @@ impl Config {
                 "metrics_duration_buckets",
                 format!("{buckets:?} must be positive, finite and strictly increasing"),
             );
+        }
+        if self.config_reload_interval_secs == 0 {
+            push("config_reload_interval_secs", "0 is not an interval".into());
         }
         if self.tls_reload_interval_secs == 0 {
             push("tls_reload_interval_secs", "0 is not an interval".into());

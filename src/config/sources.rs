@@ -58,6 +58,9 @@ pub const KEYS: &[&str] = &[
     "metrics_duration_buckets",
     "metrics_label_cap",
     "metrics_api_label",
+    "unknown_hooks",
+    "config_reload_interval_secs",
+    "hooks",
 ];
 
 /// Settings given as command-line flags; each wins over every other source.
@@ -396,6 +399,15 @@ mod tests {
             otlp_headers: Some("a=b".into()),
             trace_sampler_arg: Some(1.0),
             resource_attributes: Some("a=b".into()),
+            hooks: vec![crate::hooks::HookConfig {
+                name: "h".into(),
+                hook_type: crate::hooks::HookTypeName::Pre,
+                api_ids: Vec::new(),
+                steps: Vec::new(),
+                deadline_ms: 1,
+                on_error: Default::default(),
+                dry_run: false,
+            }],
             ..Config::default()
         };
         let value = serde_json::to_value(&config).unwrap();

@@ -74,7 +74,11 @@ impl TestApp {
 
 /// Starts the app with `config` (listeners on port 0 as the config says) and waits until ready.
 pub async fn spawn_app(config: Config) -> TestApp {
-    let app = App::build(config).await.expect("app builds");
+    spawn_built(App::build(config).await.expect("app builds")).await
+}
+
+/// Runs a built app and waits until ready.
+pub async fn spawn_built(app: App) -> TestApp {
     let grpc = app.grpc_addrs();
     let admin = app.admin_addr();
     let lifecycle = app.lifecycle();

@@ -8,6 +8,7 @@ mod binary;
 mod dispatch;
 mod grpcurl;
 mod helpers;
+mod hooks;
 mod lifecycle;
 mod limits;
 mod tls;

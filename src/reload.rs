@@ -1,0 +1,87 @@
+//! Puts edited hooks in force without a restart: the config file is compared every few seconds
+//! (Kubernetes ConfigMap volumes swap a `..data` symlink, so contents are compared, not inodes);
+//! a changed file is loaded and validated in full, and its hooks are swapped in atomically. On any
+//! problem the hooks in force stay, and the failure is logged and counted.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    config::{self, Sources, sources::ENV_CONFIG},
+    hooks::{HookTable, Hooks},
+    metrics::Metrics,
+};
+
+fn config_file(sources: &Sources) -> Option<std::path::PathBuf> {
+    sources.file.clone().or_else(|| {
+        sources
+            .env
+            .iter()
+            .find(|(name, _)| name == ENV_CONFIG)
+            .map(|(_, value)| value.into())
+    })
+}
+
+/// Watches the config file of `sources` until `stop`; does nothing without a file.
+pub async fn watch(
+    sources: Sources,
+    hooks: Hooks,
+    metrics: Metrics,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let Some(path) = config_file(&sources) else {
+        return;
+    };
+    let mut seen = std::fs::read(&path).ok();
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let current = std::fs::read(&path).ok();
+        if current == seen {
+            continue;
+        }
+        seen = current;
+        match reload(&sources, &hooks) {
+            Ok(count) => {
+                metrics.config_reload(true);
+                tracing::info!(path = %path.display(), hooks = count, "hooks reloaded");
+            }
+            Err(problems) => {
+                metrics.config_reload(false);
+                tracing::warn!(
+                    path = %path.display(),
+                    problems = %problems.join("; "),
+                    "config file changed but is not valid; the hooks in force stay"
+                );
+            }
+        }
+    }
+}
+
+/// Loads `sources` and puts their hooks in force; returns how many there are.
+///
+/// # Errors
+/// Every problem of the new configuration.
+pub fn reload(sources: &Sources, hooks: &Hooks) -> Result<usize, Vec<String>> {
+    let loaded = config::load(sources).map_err(|problems| {
+        problems
+            .0
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+    })?;
+    let table = HookTable::build(
+        &loaded.config.hooks,
+        loaded.config.unknown_hooks,
+        hooks.registry(),
+    )?;
+    let count = loaded.config.hooks.len();
+    hooks.replace(table);
+    Ok(count)
+}
