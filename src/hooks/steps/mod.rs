@@ -9,7 +9,10 @@
 //! | `set_method` | request hooks | the HTTP method |
 //! | `respond` | all | ends the request with a status, body and headers, under conditions |
 //! | `set_response_headers`, `delete_response_headers` | Response | response headers |
+//! | `api_key_auth` | CustomKeyCheck | keys from a file of SHA-256 hashes, each with grants |
 
+mod api_key;
+pub mod grants;
 mod headers;
 mod log;
 mod params;

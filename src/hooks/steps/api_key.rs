@@ -1,0 +1,400 @@
+//! `api_key_auth` (CustomKeyCheck): keys checked against a file of SHA-256 hashes, each with its
+//! own grants.
+//!
+//! ```toml
+//! [[hooks.steps]]
+//! kind = "api_key_auth"
+//! keys_file = "/etc/tyk-dispatcher/keys/keys.toml"      # reloaded when it changes
+//! secret_file = "/etc/tyk-dispatcher/secret/token-key"  # shared by every replica
+//! header = "Authorization"                              # default; a "Bearer " prefix is dropped
+//! cache_secs = 60                                       # id_extractor_deadline, 0 = off
+//! ```
+//!
+//! The keys file:
+//!
+//! ```toml
+//! [[keys]]
+//! sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+//! name = "team-a"                 # the session alias; never the key
+//! apis = ["04e911d3012646d97fcdd6c846fafc4b"]
+//! rate = 100.0
+//! per = 60.0
+//! quota_max = 10000
+//! quota_renewal_rate = 86400
+//! expires = 0
+//! policies = []
+//! metadata = { team = "a" }
+//! ```
+//!
+//! A missing key is answered 401, an unknown, expired or ungranted one 403, both through
+//! `return_overrides` (the gateway's own error template and AuthFailure event). The raw key is
+//! never logged, returned or stored: only its HMAC becomes the session token.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use arc_swap::ArcSwap;
+use serde::Deserialize;
+
+use super::{
+    canonical_header_name,
+    grants::{self, Grants},
+    settings,
+};
+use crate::{
+    hooks::{
+        config::StepConfig,
+        step::{Step, StepContext, StepError, StepOutcome},
+    },
+    pb,
+};
+
+/// How often the keys file is compared for changes.
+const RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+fn default_header() -> String {
+    "Authorization".into()
+}
+
+fn default_cache() -> i64 {
+    60
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApiKeySettings {
+    keys_file: PathBuf,
+    secret_file: PathBuf,
+    #[serde(default = "default_header")]
+    header: String,
+    #[serde(default = "default_cache")]
+    cache_secs: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    sha256: String,
+    name: String,
+    #[serde(flatten)]
+    grants: Grants,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    #[serde(default)]
+    keys: Vec<KeyEntry>,
+}
+
+/// Keys by the SHA-256 of the key.
+#[derive(Debug, Default)]
+struct KeyIndex {
+    keys: HashMap<[u8; 32], (String, Grants)>,
+}
+
+fn parse_digest(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().to_ascii_lowercase();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    }
+    Some(out)
+}
+
+fn load_keys(path: &std::path::Path) -> Result<KeyIndex, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| format!("cannot read keys_file {}: {err}", path.display()))?;
+    let file: KeysFile =
+        toml::from_str(&text).map_err(|err| format!("keys_file {}: {err}", path.display()))?;
+    let mut keys = HashMap::new();
+    for (i, entry) in file.keys.into_iter().enumerate() {
+        let digest = parse_digest(&entry.sha256).ok_or_else(|| {
+            format!(
+                "keys_file {}: key {} ({}): sha256 must be 64 hex digits",
+                path.display(),
+                i + 1,
+                entry.name
+            )
+        })?;
+        entry.grants.validate().map_err(|err| {
+            format!(
+                "keys_file {}: key {} ({}): {err}",
+                path.display(),
+                i + 1,
+                entry.name
+            )
+        })?;
+        keys.insert(digest, (entry.name, entry.grants));
+    }
+    Ok(KeyIndex { keys })
+}
+
+/// See the module docs.
+pub struct ApiKeyAuth {
+    keys_file: PathBuf,
+    keys: ArcSwap<KeyIndex>,
+    keys_text: Mutex<(Instant, Option<Vec<u8>>)>,
+    secret: ring::hmac::Key,
+    header: String,
+    cache_secs: i64,
+}
+
+impl std::fmt::Debug for ApiKeyAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyAuth")
+            .field("keys_file", &self.keys_file)
+            .field("header", &self.header)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ApiKeyAuth {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+        let settings: ApiKeySettings = settings(config)?;
+        let keys = load_keys(&settings.keys_file)?;
+        let secret = grants::read_secret(&settings.secret_file)?;
+        Ok(Self {
+            keys: ArcSwap::from_pointee(keys),
+            keys_text: Mutex::new((Instant::now(), std::fs::read(&settings.keys_file).ok())),
+            keys_file: settings.keys_file,
+            secret,
+            header: canonical_header_name(&settings.header),
+            cache_secs: settings.cache_secs.max(0),
+        })
+    }
+
+    /// Re-reads the keys file at most every few seconds; a broken file keeps the keys in force.
+    fn refresh(&self) {
+        let mut state = self
+            .keys_text
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if state.0.elapsed() < RELOAD_EVERY {
+            return;
+        }
+        state.0 = Instant::now();
+        let current = std::fs::read(&self.keys_file).ok();
+        if current == state.1 {
+            return;
+        }
+        state.1 = current;
+        match load_keys(&self.keys_file) {
+            Ok(keys) => {
+                tracing::info!(keys_file = %self.keys_file.display(), keys = keys.keys.len(), "API keys reloaded");
+                self.keys.store(Arc::new(keys));
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, "keys file changed but cannot be used; keeping the keys in force")
+            }
+        }
+    }
+
+    fn presented<'a>(&self, request: &'a pb::MiniRequestObject) -> Option<&'a str> {
+        let value = request.headers.get(&self.header).or_else(|| {
+            request
+                .headers
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(&self.header))
+                .map(|(_, v)| v)
+        })?;
+        let value = value.trim();
+        let value = value
+            .strip_prefix("Bearer ")
+            .or_else(|| value.strip_prefix("bearer "))
+            .unwrap_or(value)
+            .trim();
+        (!value.is_empty()).then_some(value)
+    }
+}
+
+/// Constant-time equality of two digests.
+fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[async_trait::async_trait]
+impl Step for ApiKeyAuth {
+    fn kind(&self) -> &str {
+        "api_key_auth"
+    }
+
+    async fn run(
+        &self,
+        object: &mut pb::Object,
+        cx: &StepContext,
+    ) -> Result<StepOutcome, StepError> {
+        self.refresh();
+        let Some(key) = object
+            .request
+            .as_ref()
+            .and_then(|r| self.presented(r))
+            .map(str::to_owned)
+        else {
+            grants::deny(object, 401, "Authorization field missing");
+            return Ok(StepOutcome::Denied);
+        };
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
+            .as_ref()
+            .try_into()
+            .map_err(|_| StepError::new("SHA-256 gave an unexpected length"))?;
+        let keys = self.keys.load();
+        let found = keys
+            .keys
+            .get_key_value(&digest)
+            .filter(|(stored, _)| same(stored, &digest))
+            .map(|(_, entry)| entry);
+        let Some((name, grants)) = found else {
+            grants::deny(object, 403, "Key not authorised");
+            return Ok(StepOutcome::Denied);
+        };
+        let now = grants::now_secs();
+        if (grants.expires > 0 && grants.expires <= now) || !grants.allows(&cx.api_id) {
+            grants::deny(object, 403, "Key not authorised");
+            return Ok(StepOutcome::Denied);
+        }
+        let token = grants::token(&self.secret, key.as_bytes());
+        let cache_until = if self.cache_secs > 0 {
+            now + self.cache_secs
+        } else {
+            0
+        };
+        grants::allow(
+            object,
+            grants.session(&token, name, &cx.org_id, cache_until),
+        );
+        Ok(StepOutcome::Allowed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::steps::tests::{cx, run_step, step_config};
+
+    fn sha(key: &str) -> String {
+        grants::hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+    }
+
+    fn setup(keys: &str) -> (tempfile::TempDir, ApiKeyAuth) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keys.toml"), keys).unwrap();
+        std::fs::write(dir.path().join("secret"), "0123456789abcdef0123").unwrap();
+        let step = ApiKeyAuth::build(&step_config(
+            "api_key_auth",
+            serde_json::json!({
+                "keys_file": dir.path().join("keys.toml"),
+                "secret_file": dir.path().join("secret"),
+            }),
+        ))
+        .unwrap();
+        (dir, step)
+    }
+
+    fn call(key: Option<&str>) -> pb::Object {
+        pb::Object {
+            hook_type: pb::HookType::CustomKeyCheck as i32,
+            request: Some(pb::MiniRequestObject {
+                headers: key
+                    .map(|k| ("Authorization".to_string(), k.to_string()))
+                    .into_iter()
+                    .collect(),
+                return_overrides: Some(pb::ReturnOverrides {
+                    response_code: -1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn the_right_key_gets_a_session_with_exactly_its_grants() {
+        let keys = format!(
+            "[[keys]]\nsha256 = \"{}\"\nname = \"team-a\"\napis = [\"api-1\"]\nquota_max = 2\n",
+            sha("s3cret-key")
+        );
+        let (_dir, step) = setup(&keys);
+        let mut object = call(Some("Bearer s3cret-key"));
+        assert_eq!(
+            run_step(&step, &mut object, &cx(pb::HookType::CustomKeyCheck)).await,
+            StepOutcome::Allowed
+        );
+        let session = object.session.unwrap();
+        assert_eq!(
+            session.access_rights.keys().collect::<Vec<_>>(),
+            vec!["api-1"]
+        );
+        assert_eq!(session.quota_max, 2);
+        assert_eq!(session.alias, "team-a");
+        let token = object.metadata.get("token").unwrap();
+        assert_eq!(token.len(), 64);
+        assert!(!token.contains("s3cret-key"));
+        assert!(session.id_extractor_deadline > grants::now_secs());
+    }
+
+    #[tokio::test]
+    async fn missing_wrong_and_ungranted_keys_are_refused_in_band() {
+        let keys = format!(
+            "[[keys]]\nsha256 = \"{}\"\nname = \"team-a\"\napis = [\"other-api\"]\n",
+            sha("k1")
+        );
+        let (_dir, step) = setup(&keys);
+        for (key, status) in [(None, 401), (Some("nope"), 403), (Some("k1"), 403)] {
+            let mut object = call(key);
+            assert_eq!(
+                run_step(&step, &mut object, &cx(pb::HookType::CustomKeyCheck)).await,
+                StepOutcome::Denied
+            );
+            let overrides = object.request.unwrap().return_overrides.unwrap();
+            assert_eq!(overrides.response_code, status, "{key:?}");
+            assert!(!overrides.override_error);
+            assert!(object.session.is_none());
+        }
+    }
+
+    #[test]
+    fn bad_files_are_refused_with_their_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("keys.toml"),
+            "[[keys]]\nsha256 = \"xyz\"\nname = \"a\"\napis = [\"x\"]\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("secret"), "0123456789abcdef").unwrap();
+        let err = ApiKeyAuth::build(&step_config(
+            "api_key_auth",
+            serde_json::json!({"keys_file": dir.path().join("keys.toml"), "secret_file": dir.path().join("secret")}),
+        ))
+        .unwrap_err();
+        assert!(
+            err.contains("keys.toml: key 1 (a): sha256 must be 64 hex digits"),
+            "{err}"
+        );
+        std::fs::write(
+            dir.path().join("keys.toml"),
+            format!(
+                "[[keys]]\nsha256 = \"{}\"\nname = \"a\"\napis = [\"x\"]\n",
+                sha("k")
+            ),
+        )
+        .unwrap();
+        let err = ApiKeyAuth::build(&step_config(
+            "api_key_auth",
+            serde_json::json!({"keys_file": dir.path().join("keys.toml"), "secret_file": dir.path().join("missing")}),
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("cannot read secret_file ") && err.contains("missing"),
+            "{err}"
+        );
+    }
+}
