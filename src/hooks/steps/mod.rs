@@ -141,6 +141,10 @@ impl StepRegistry {
             "respond".to_string(),
             kind(ALL_HOOKS, respond::Respond::build),
         );
+        kinds.insert(
+            "api_key_auth".to_string(),
+            kind(AUTH_HOOK, api_key::ApiKeyAuth::build),
+        );
         Self { kinds }
     }
 
