@@ -89,6 +89,19 @@ impl AppBuilder {
         self
     }
 
+    /// Checks that the configured hooks build with this builder's steps.
+    ///
+    /// # Errors
+    /// Every problem found, one message each.
+    pub fn check_hooks(&self) -> Result<(), Vec<String>> {
+        HookTable::build(
+            &self.config.hooks,
+            self.config.unknown_hooks,
+            &self.registry,
+        )
+        .map(drop)
+    }
+
     /// Validates the config, builds the hooks, loads TLS files and binds every listener.
     ///
     /// # Errors

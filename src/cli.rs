@@ -1,12 +1,16 @@
-//! Command-line interface: `tyk-dispatcher [serve]` and `tyk-dispatcher check-config`.
+//! Command-line interface: `tyk-dispatcher [serve]` and `tyk-dispatcher check-config`, as a
+//! function a custom server's `main` can call with its own steps registered.
 
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
+use tokio_util::sync::CancellationToken;
+
 use crate::{
-    config::{CliOverrides, Loaded},
-    hooks::{HookTable, StepRegistry},
+    App, AppBuilder,
+    config::{self, CliOverrides, Loaded, Problems, Sources},
+    lifecycle, telemetry,
 };
 
 /// A gRPC plugin server for Tyk Gateway.
@@ -33,14 +37,60 @@ pub enum Command {
     CheckConfig,
 }
 
-/// Prints the effective configuration as TOML, with notes as warnings on stderr.
-pub fn check_config(loaded: &Loaded) -> ExitCode {
+/// Runs the command line: parse flags, load config, start logging, serve until a signal, drain,
+/// exit. `customize` registers custom steps on the builder (the plain binary passes it as is).
+pub fn main(customize: impl FnOnce(AppBuilder) -> AppBuilder) -> ExitCode {
+    let cli = Cli::parse();
+    let sources = Sources::from_process(cli.config.clone(), cli.overrides.clone());
+    let loaded = match config::load(&sources) {
+        Ok(loaded) => loaded,
+        Err(Problems(problems)) => {
+            for problem in problems {
+                eprintln!("config error: {problem}");
+            }
+            return ExitCode::from(config::EXIT_CONFIG);
+        }
+    };
+    let builder = customize(App::builder(loaded.config.clone()));
+    if matches!(cli.command, Some(Command::CheckConfig)) {
+        return check_config(&loaded, &builder);
+    }
+    match run(&loaded, builder.reload_from(sources)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(loaded: &Loaded, builder: AppBuilder) -> anyhow::Result<()> {
     let config = &loaded.config;
-    if let Err(problems) = HookTable::build(
-        &config.hooks,
-        config.unknown_hooks,
-        &StepRegistry::builtin(),
-    ) {
+    let _logs = telemetry::init(config.log_format)?;
+    for note in &loaded.notes {
+        tracing::warn!("{note}");
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = config.worker_threads {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build()?;
+    runtime.block_on(async {
+        let app = builder.build().await?;
+        let stop = CancellationToken::new();
+        tokio::spawn(lifecycle::stop_on_signals(stop.clone()));
+        app.run_until_stopped(stop).await?;
+        anyhow::Ok(())
+    })?;
+    // Let connection tasks wind down without blocking exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+/// Prints the effective configuration as TOML, with notes as warnings on stderr; hooks are
+/// checked with the builder's steps.
+pub fn check_config(loaded: &Loaded, builder: &AppBuilder) -> ExitCode {
+    if let Err(problems) = builder.check_hooks() {
         for problem in problems {
             eprintln!("config error: hooks: {problem}");
         }

@@ -439,7 +439,22 @@ impl Process {
     /// Like [`Process::start`], with the binary run through `wrapper` (a command that execs its
     /// arguments).
     pub fn start_via(wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Self {
-        let binary = env!("CARGO_BIN_EXE_tyk-dispatcher");
+        Self::start_program(env!("CARGO_BIN_EXE_tyk-dispatcher"), wrapper, env, args)
+    }
+
+    /// Like [`Process::start`], for one of the crate's examples (built by `cargo test`).
+    pub fn start_example(name: &str, env: &[(&str, &str)], args: &[&str]) -> Self {
+        let deps = std::env::current_exe().expect("test binary path");
+        let example = deps
+            .parent()
+            .and_then(std::path::Path::parent)
+            .expect("target dir")
+            .join("examples")
+            .join(name);
+        Self::start_program(example.to_str().expect("UTF-8 path"), &[], env, args)
+    }
+
+    fn start_program(binary: &str, wrapper: &[&str], env: &[(&str, &str)], args: &[&str]) -> Self {
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
                 let mut command = Command::new(program);

@@ -539,3 +539,74 @@ fn check_config_refuses_bad_hooks_with_clear_messages() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn the_custom_auth_example_serves_its_step_with_the_same_telemetry() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = "a-signing-secret-of-enough-length";
+    std::fs::write(dir.path().join("secret"), secret).unwrap();
+    let config = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[[hooks]]\nname = \"Signed\"\ntype = \"CustomKeyCheck\"\n[[hooks.steps]]\nkind = \"signed_request_auth\"\nsecret_file = \"{}\"\ngrants = {{ apis = [\"04e911d3012646d97fcdd6c846fafc4b\"], rate = 5.0, per = 1.0 }}\n",
+            dir.path().join("secret").display()
+        ),
+    )
+    .unwrap();
+    let process =
+        Process::start_example("custom_auth", &[], &["--config", config.to_str().unwrap()]);
+    let (grpc, admin) = process.ready().await;
+    let channel = connect(grpc[0].parse().unwrap()).await;
+    let mut call = object(pb::HookType::CustomKeyCheck, "Signed");
+    let reply = pb::Object::decode(
+        call_raw(channel.clone(), DISPATCH, call.encode_to_vec())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        reply
+            .request
+            .unwrap()
+            .return_overrides
+            .unwrap()
+            .response_code,
+        401
+    );
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
+    let signature: String = ring::hmac::sign(&key, b"GET /basic-authentication-valid/get")
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    call.request
+        .as_mut()
+        .unwrap()
+        .headers
+        .insert("X-Signature".into(), signature);
+    let reply = pb::Object::decode(
+        call_raw(channel, DISPATCH, call.encode_to_vec())
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!(reply.session.is_some(), "signed request accepted");
+    assert_eq!(reply.metadata.get("token").map(String::len), Some(64));
+    let (_, metrics) = http_get(admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tyk_dispatcher_auth_decisions_total{hook_name=\"Signed\",step=\"signed_request_auth\",decision=\"allowed\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "tyk_dispatcher_auth_decisions_total{hook_name=\"Signed\",step=\"signed_request_auth\",decision=\"denied\"}"
+        ),
+        Some(1.0)
+    );
+}
