@@ -10,10 +10,12 @@
 //! | `respond` | all | ends the request with a status, body and headers, under conditions |
 //! | `set_response_headers`, `delete_response_headers` | Response | response headers |
 //! | `api_key_auth` | CustomKeyCheck | keys from a file of SHA-256 hashes, each with grants |
+//! | `jwt_auth` | CustomKeyCheck | JWTs verified with pinned keys (file, JWKS file or JWKS URL) |
 
 mod api_key;
 pub mod grants;
 mod headers;
+mod jwt;
 mod log;
 mod params;
 mod respond;
@@ -145,6 +147,7 @@ impl StepRegistry {
             "api_key_auth".to_string(),
             kind(AUTH_HOOK, api_key::ApiKeyAuth::build),
         );
+        kinds.insert("jwt_auth".to_string(), kind(AUTH_HOOK, jwt::JwtAuth::build));
         Self { kinds }
     }
 
