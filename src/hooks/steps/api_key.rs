@@ -30,19 +30,13 @@
 //! `return_overrides` (the gateway's own error template and AuthFailure event). The raw key is
 //! never logged, returned or stored: only its HMAC becomes the session token.
 
-use std::{
-    collections::HashMap,
-    path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
-    time::{Duration, Instant},
-};
-
-use arc_swap::ArcSwap;
 use serde::Deserialize;
+use std::{collections::HashMap, path::PathBuf};
 
 use super::{
     canonical_header_name,
     grants::{self, Grants},
+    reloading::Reloading,
     settings,
 };
 use crate::{
@@ -52,9 +46,6 @@ use crate::{
     },
     pb,
 };
-
-/// How often the keys file is compared for changes.
-const RELOAD_EVERY: Duration = Duration::from_secs(5);
 
 fn default_header() -> String {
     "Authorization".into()
@@ -140,8 +131,7 @@ fn load_keys(path: &std::path::Path) -> Result<KeyIndex, String> {
 /// See the module docs.
 pub struct ApiKeyAuth {
     keys_file: PathBuf,
-    keys: ArcSwap<KeyIndex>,
-    keys_text: Mutex<(Instant, Option<Vec<u8>>)>,
+    keys: Reloading<KeyIndex>,
     secret: ring::hmac::Key,
     header: String,
     cache_secs: i64,
@@ -162,56 +152,12 @@ impl ApiKeyAuth {
         let keys = load_keys(&settings.keys_file)?;
         let secret = grants::read_secret(&settings.secret_file)?;
         Ok(Self {
-            keys: ArcSwap::from_pointee(keys),
-            keys_text: Mutex::new((Instant::now(), std::fs::read(&settings.keys_file).ok())),
+            keys: Reloading::new(keys, vec![settings.keys_file.clone()], "API keys"),
             keys_file: settings.keys_file,
             secret,
             header: canonical_header_name(&settings.header),
             cache_secs: settings.cache_secs.max(0),
         })
-    }
-
-    /// Re-reads the keys file at most every few seconds; a broken file keeps the keys in force.
-    fn refresh(&self) {
-        let mut state = self
-            .keys_text
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if state.0.elapsed() < RELOAD_EVERY {
-            return;
-        }
-        state.0 = Instant::now();
-        let current = std::fs::read(&self.keys_file).ok();
-        if current == state.1 {
-            return;
-        }
-        state.1 = current;
-        match load_keys(&self.keys_file) {
-            Ok(keys) => {
-                tracing::info!(keys_file = %self.keys_file.display(), keys = keys.keys.len(), "API keys reloaded");
-                self.keys.store(Arc::new(keys));
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "keys file changed but cannot be used; keeping the keys in force")
-            }
-        }
-    }
-
-    fn presented<'a>(&self, request: &'a pb::MiniRequestObject) -> Option<&'a str> {
-        let value = request.headers.get(&self.header).or_else(|| {
-            request
-                .headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(&self.header))
-                .map(|(_, v)| v)
-        })?;
-        let value = value.trim();
-        let value = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
-        (!value.is_empty()).then_some(value)
     }
 }
 
@@ -231,11 +177,13 @@ impl Step for ApiKeyAuth {
         object: &mut pb::Object,
         cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        self.refresh();
+        self.keys.refresh(|| {
+            load_keys(&self.keys_file).map(|keys| (keys, vec![self.keys_file.clone()]))
+        });
         let Some(key) = object
             .request
             .as_ref()
-            .and_then(|r| self.presented(r))
+            .and_then(|r| grants::credential(r, &self.header))
             .map(str::to_owned)
         else {
             grants::deny(object, 401, "Authorization field missing");
@@ -245,7 +193,7 @@ impl Step for ApiKeyAuth {
             .as_ref()
             .try_into()
             .map_err(|_| StepError::new("SHA-256 gave an unexpected length"))?;
-        let keys = self.keys.load();
+        let keys = self.keys.current();
         let found = keys
             .keys
             .get_key_value(&digest)

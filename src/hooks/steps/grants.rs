@@ -103,6 +103,24 @@ impl Grants {
     }
 }
 
+/// The credential in request header `header` (Go canonical name), without a `Bearer ` prefix.
+pub fn credential<'a>(request: &'a pb::MiniRequestObject, header: &str) -> Option<&'a str> {
+    let value = request.headers.get(header).or_else(|| {
+        request
+            .headers
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(header))
+            .map(|(_, v)| v)
+    })?;
+    let value = value.trim();
+    let value = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or(value)
+        .trim();
+    (!value.is_empty()).then_some(value)
+}
+
 /// Unix seconds now.
 pub fn now_secs() -> i64 {
     SystemTime::now()

@@ -65,7 +65,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arc_swap::{ArcSwap, ArcSwapOption};
+use arc_swap::ArcSwapOption;
+
+use super::reloading::Reloading;
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
@@ -87,8 +89,6 @@ use crate::{
     pb,
 };
 
-/// How often key files are compared for changes.
-const RELOAD_EVERY: Duration = Duration::from_secs(5);
 /// Time limit of one JWKS fetch (connect, headers and body).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// A JWKS larger than this is refused.
@@ -366,19 +366,7 @@ fn parse_jwks(bytes: &[u8], origin: &str) -> Result<KeySet, String> {
 struct FileSource {
     path: PathBuf,
     jwks: bool,
-    keys: ArcSwap<KeySet>,
-    seen: Mutex<Seen>,
-}
-
-/// When the files were last compared, which files are watched and their contents then.
-struct Seen {
-    at: Instant,
-    files: Vec<PathBuf>,
-    contents: Vec<Option<Vec<u8>>>,
-}
-
-fn snapshot(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
-    paths.iter().map(|p| std::fs::read(p).ok()).collect()
+    keys: Reloading<KeySet>,
 }
 
 impl FileSource {
@@ -398,42 +386,16 @@ impl FileSource {
 
     fn new(path: PathBuf, jwks: bool) -> Result<Self, String> {
         let (keys, watched) = Self::load(&path, jwks)?;
-        let contents = snapshot(&watched);
         Ok(Self {
             path,
             jwks,
-            keys: ArcSwap::from_pointee(keys),
-            seen: Mutex::new(Seen {
-                at: Instant::now(),
-                files: watched,
-                contents,
-            }),
+            keys: Reloading::new(keys, watched, "JWT keys"),
         })
     }
 
     /// Compares the files at most every few seconds; a broken edit keeps the keys in force.
     fn refresh(&self) {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if seen.at.elapsed() < RELOAD_EVERY {
-            return;
-        }
-        seen.at = Instant::now();
-        let current = snapshot(&seen.files);
-        if current == seen.contents {
-            return;
-        }
-        seen.contents = current;
-        match Self::load(&self.path, self.jwks) {
-            Ok((keys, watched)) => {
-                tracing::info!(file = %self.path.display(), keys = keys.keys.len(), "JWT keys reloaded");
-                self.keys.store(Arc::new(keys));
-                seen.contents = snapshot(&watched);
-                seen.files = watched;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "JWT key file changed but cannot be used; keeping the keys in force");
-            }
-        }
+        self.keys.refresh(|| Self::load(&self.path, self.jwks));
     }
 }
 
@@ -680,27 +642,10 @@ impl JwtAuth {
         match &self.keys {
             Keys::File(file) => {
                 file.refresh();
-                Ok(file.keys.load_full())
+                Ok(file.keys.current())
             }
             Keys::Remote(remote) => remote.current().await,
         }
-    }
-
-    fn presented<'a>(&self, request: &'a pb::MiniRequestObject) -> Option<&'a str> {
-        let value = request.headers.get(&self.header).or_else(|| {
-            request
-                .headers
-                .iter()
-                .find(|(name, _)| name.eq_ignore_ascii_case(&self.header))
-                .map(|(_, v)| v)
-        })?;
-        let value = value.trim();
-        let value = value
-            .strip_prefix("Bearer ")
-            .or_else(|| value.strip_prefix("bearer "))
-            .unwrap_or(value)
-            .trim();
-        (!value.is_empty()).then_some(value)
     }
 
     /// The verified claims, or why the token is refused (never the token itself).
@@ -758,7 +703,7 @@ impl Step for JwtAuth {
         let Some(token) = object
             .request
             .as_ref()
-            .and_then(|r| self.presented(r))
+            .and_then(|r| grants::credential(r, &self.header))
             .map(str::to_owned)
         else {
             grants::deny(object, 401, "Authorization field missing");
@@ -1235,7 +1180,7 @@ aQIDAQAB
         let Keys::File(file) = &step.keys else {
             panic!("a file source")
         };
-        let mut kids: Vec<String> = file.keys.load().keys.keys().cloned().collect();
+        let mut kids: Vec<String> = file.keys.current().keys.keys().cloned().collect();
         kids.sort();
         assert_eq!(kids, ["ec1", "hs1"]);
         let token = sign(Algorithm::ES256, "ec1", &signing, &claims(60));
@@ -1254,13 +1199,13 @@ aQIDAQAB
 
         // A changed file is picked up; a broken one keeps the keys in force.
         std::fs::write(dir.path().join("jwks.json"), "{\"keys\": []}").unwrap();
-        file.seen.lock().unwrap().at -= RELOAD_EVERY;
+        file.keys.expire();
         assert_eq!(check(&step, Some(&token)).await.0, StepOutcome::Allowed);
         let only_hs = serde_json::json!({"keys": [
             {"kty": "oct", "kid": "hs1", "k": b64url(HS_SECRET.as_bytes())},
         ]});
         std::fs::write(dir.path().join("jwks.json"), only_hs.to_string()).unwrap();
-        file.seen.lock().unwrap().at -= RELOAD_EVERY;
+        file.keys.expire();
         assert_refused(&step, &token, "unknown kid").await;
         assert!(
             parse_jwks(b"{\"keys\": []}", "t")

@@ -18,6 +18,7 @@ mod headers;
 mod jwt;
 mod log;
 mod params;
+mod reloading;
 mod respond;
 mod url;
 
