@@ -65,6 +65,10 @@ impl Step for SignedRequestAuth {
         "signed_request_auth"
     }
 
+    fn authenticates(&self) -> bool {
+        true
+    }
+
     async fn run(
         &self,
         object: &mut pb::Object,

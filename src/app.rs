@@ -124,6 +124,7 @@ impl AppBuilder {
             label_cap: config.metrics_label_cap,
             api_label: config.metrics_api_label,
         });
+        hooks.current().prepare_metrics(&metrics);
         let traces = Traces::from_config(&config, &metrics)?;
         let lifecycle = Lifecycle::default();
         let dispatcher = Dispatcher::new(

@@ -164,7 +164,10 @@ impl Dispatcher {
         let table = self.hooks.current();
         let api_id = summary.api_id.unwrap_or("");
         let Some(pipeline) = table.find(summary.hook_type, summary.hook_name, api_id) else {
-            self.metrics.unknown_hooks.inc();
+            // With no hook declared at all this is a pass-through server, not a miss.
+            if !table.is_empty() {
+                self.metrics.unknown_hooks.inc();
+            }
             if !table.is_empty()
                 && self
                     .hooks

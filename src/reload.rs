@@ -47,7 +47,7 @@ pub async fn watch(
             continue;
         }
         seen = current;
-        match reload(&sources, &hooks) {
+        match reload(&sources, &hooks, &metrics) {
             Ok(count) => {
                 metrics.config_reload(true);
                 tracing::info!(path = %path.display(), hooks = count, "hooks reloaded");
@@ -68,7 +68,7 @@ pub async fn watch(
 ///
 /// # Errors
 /// Every problem of the new configuration.
-pub fn reload(sources: &Sources, hooks: &Hooks) -> Result<usize, Vec<String>> {
+pub fn reload(sources: &Sources, hooks: &Hooks, metrics: &Metrics) -> Result<usize, Vec<String>> {
     let loaded = config::load(sources).map_err(|problems| {
         problems
             .0
@@ -82,6 +82,7 @@ pub fn reload(sources: &Sources, hooks: &Hooks) -> Result<usize, Vec<String>> {
         hooks.registry(),
     )?;
     let count = loaded.config.hooks.len();
+    table.prepare_metrics(metrics);
     hooks.replace(table);
     Ok(count)
 }

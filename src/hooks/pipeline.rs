@@ -125,14 +125,7 @@ impl Pipeline {
         traces: &Traces,
         span: &CallSpan,
     ) -> Answer {
-        let counters = self.counters.get_or_init(|| PipelineCounters {
-            steps: self
-                .steps
-                .iter()
-                .map(|s| metrics.step_counters(&self.name, s.kind()))
-                .collect(),
-            failures: metrics.hook_failure_counters(&self.name),
-        });
+        let counters = self.counters(metrics);
         let before = object.clone();
         let mut object = object;
         let mut outcome = Outcome::Unchanged;
@@ -153,8 +146,16 @@ impl Pipeline {
                             counters.steps[index].runs[i].inc();
                         }
                         match step_outcome {
-                            StepOutcome::Allowed => drop(counters.steps[index].auth[0].inc()),
-                            StepOutcome::Denied => drop(counters.steps[index].auth[1].inc()),
+                            StepOutcome::Allowed => {
+                                if let Some(auth) = &counters.steps[index].auth {
+                                    auth[0].inc();
+                                }
+                            }
+                            StepOutcome::Denied => {
+                                if let Some(auth) = &counters.steps[index].auth {
+                                    auth[1].inc();
+                                }
+                            }
                             _ => {}
                         }
                         step_span.end_step(label);
@@ -217,6 +218,29 @@ impl Pipeline {
                 }
             }
         }
+    }
+
+    /// The pipeline's metric series, created with zero values the first time (when the config is
+    /// loaded, so a first failure is seen by `rate()`).
+    fn counters(&self, metrics: &Metrics) -> &PipelineCounters {
+        self.counters.get_or_init(|| PipelineCounters {
+            steps: self
+                .steps
+                .iter()
+                .map(|s| metrics.step_counters(&self.name, s.kind(), s.authenticates()))
+                .collect(),
+            failures: metrics.hook_failure_counters(&self.name),
+        })
+    }
+
+    /// Creates the pipeline's series now.
+    pub fn prepare_metrics(&self, metrics: &Metrics) {
+        self.counters(metrics);
+        metrics.hook(
+            self.hook_type as i32,
+            self.hook_type.as_str_name(),
+            &self.name,
+        );
     }
 
     fn answer(

@@ -76,6 +76,12 @@ pub trait Step: Send + Sync + std::fmt::Debug + 'static {
     /// The step's kind, as configured (`set_headers`, `api_key_auth`, …).
     fn kind(&self) -> &str;
 
+    /// Whether the step makes authentication decisions ([`StepOutcome::Allowed`] /
+    /// [`StepOutcome::Denied`]); such steps get decision metrics.
+    fn authenticates(&self) -> bool {
+        false
+    }
+
     /// Runs on `object`, changing it in place.
     ///
     /// # Errors

@@ -95,6 +95,17 @@ impl HookTable {
         self.unknown
     }
 
+    /// Creates every pipeline's metric series, so they start at zero.
+    pub fn prepare_metrics(&self, metrics: &crate::metrics::Metrics) {
+        for by_name in self.by_type.values() {
+            for entries in by_name.values() {
+                for (_, pipeline) in entries {
+                    pipeline.prepare_metrics(metrics);
+                }
+            }
+        }
+    }
+
     /// Whether no hook is declared.
     pub fn is_empty(&self) -> bool {
         self.configs.is_empty()

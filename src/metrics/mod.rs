@@ -194,8 +194,8 @@ struct ResultLabels {
 pub struct StepCounters {
     /// Runs by outcome: unchanged, modified, responded, failed.
     pub runs: [Counter; 4],
-    /// Authentication decisions: allowed, denied.
-    pub auth: [Counter; 2],
+    /// Authentication decisions (allowed, denied), for steps that authenticate.
+    pub auth: Option<[Counter; 2]>,
 }
 
 /// Step outcome labels, in the order of [`StepCounters::runs`].
@@ -573,7 +573,9 @@ impl Metrics {
     }
 
     /// The counters of one step of one hook.
-    pub fn step_counters(&self, hook_name: &str, step: &str) -> StepCounters {
+    /// `authenticates`: whether the step makes authentication decisions (only those get
+    /// decision series).
+    pub fn step_counters(&self, hook_name: &str, step: &str, authenticates: bool) -> StepCounters {
         StepCounters {
             runs: STEP_OUTCOMES.map(|outcome| {
                 self.step_runs
@@ -584,14 +586,16 @@ impl Metrics {
                     })
                     .clone()
             }),
-            auth: ["allowed", "denied"].map(|decision| {
-                self.auth_decisions
-                    .get_or_create(&AuthLabels {
-                        hook_name: hook_name.to_string(),
-                        step: step.to_string(),
-                        decision,
-                    })
-                    .clone()
+            auth: authenticates.then(|| {
+                ["allowed", "denied"].map(|decision| {
+                    self.auth_decisions
+                        .get_or_create(&AuthLabels {
+                            hook_name: hook_name.to_string(),
+                            step: step.to_string(),
+                            decision,
+                        })
+                        .clone()
+                })
             }),
         }
     }

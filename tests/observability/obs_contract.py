@@ -32,6 +32,13 @@ def _f(name: str, type_: str, *labels: str, optional: tuple[str, ...] = ()) -> F
 HOOK_TYPES = {"Pre", "Post", "PostKeyAuth", "CustomKeyCheck", "Response", "Unknown"}
 OUTCOMES = {"unchanged", "modified", "responded", "failed", "error"}
 REJECTION_REASONS = {"malformed", "request_too_large", "in_flight_budget", "reply_too_large"}
+# Hook pipelines (issue 6): what one step did, an auth step's decision, why a hook failed, and
+# how a config reload ended. An auth step that allows counts as `modified`, one that denies as
+# `responded`.
+STEP_OUTCOMES = {"unchanged", "modified", "responded", "failed"}
+AUTH_DECISIONS = {"allowed", "denied"}
+FAILURE_REASONS = {"deadline", "panic", "error"}
+RELOAD_RESULTS = {"success", "failure"}
 
 FAMILIES: list[Family] = [
     _f("tyk_dispatcher_dispatch_requests", "counter", "hook_type", "hook_name", "outcome"),
@@ -49,11 +56,31 @@ FAMILIES: list[Family] = [
     _f("tyk_dispatcher_connections_accepted", "counter"),
     _f("tyk_dispatcher_reply_body_strings_dropped", "counter"),
     _f("tyk_dispatcher_replies_over_gateway_default_limit", "counter"),
+    # Hook pipelines. `step` is the step's kind (two steps of one kind in a hook share series);
+    # the per-hook series appear when the hook first runs, the other two exist from the start.
+    _f("tyk_dispatcher_step_runs", "counter", "hook_name", "step", "outcome"),
+    _f("tyk_dispatcher_auth_decisions", "counter", "hook_name", "step", "decision"),
+    _f("tyk_dispatcher_hook_failures", "counter", "hook_name", "reason"),
+    _f("tyk_dispatcher_unknown_hooks", "counter"),
+    _f("tyk_dispatcher_config_reloads", "counter", "result"),
     _f("process_resident_memory_bytes", "gauge"),
     _f("process_cpu_seconds", "counter"),
     _f("process_open_fds", "gauge"),
     _f("process_start_time_seconds", "gauge"),
 ]
+
+# The values each enumerated label may take, by family (the contract's `Family.name`).
+LABEL_VALUES: dict[str, dict[str, set[str]]] = {
+    "tyk_dispatcher_dispatch_requests": {"hook_type": HOOK_TYPES, "outcome": OUTCOMES},
+    "tyk_dispatcher_dispatch_duration_seconds": {"hook_type": HOOK_TYPES},
+    "tyk_dispatcher_request_bytes": {"hook_type": HOOK_TYPES},
+    "tyk_dispatcher_reply_bytes": {"hook_type": HOOK_TYPES},
+    "tyk_dispatcher_rejected_calls": {"reason": REJECTION_REASONS},
+    "tyk_dispatcher_step_runs": {"outcome": STEP_OUTCOMES},
+    "tyk_dispatcher_auth_decisions": {"decision": AUTH_DECISIONS},
+    "tyk_dispatcher_hook_failures": {"reason": FAILURE_REASONS},
+    "tyk_dispatcher_config_reloads": {"result": RELOAD_RESULTS},
+}
 
 # Equivalent declarations an exposition may use instead (same series in Prometheus).
 ALTERNATIVES: dict[str, list[Family]] = {
@@ -74,6 +101,8 @@ ALERT_NAMES = {
     "TykDispatcherDown",
     "TykDispatcherSpansDropped",
     "TykDispatcherRequestsRejected",
+    "TykDispatcherHookFailures",
+    "TykDispatcherConfigReloadFailed",
 }
 
 # Series every dashboard must chart (the panels the observability issue asks for).
@@ -90,4 +119,9 @@ DASHBOARD_REQUIRED_SERIES = {
     "tyk_dispatcher_rejected_calls_total",
     "tyk_dispatcher_spans_exported_total",
     "tyk_dispatcher_spans_dropped_total",
+    "tyk_dispatcher_step_runs_total",
+    "tyk_dispatcher_auth_decisions_total",
+    "tyk_dispatcher_hook_failures_total",
+    "tyk_dispatcher_unknown_hooks_total",
+    "tyk_dispatcher_config_reloads_total",
 }

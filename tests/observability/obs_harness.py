@@ -3,6 +3,7 @@ and a raw-bytes gRPC client, all on 127.0.0.1 and all bounded in time."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -100,13 +101,15 @@ def _clean_env() -> dict[str, str]:
 
 
 class Dispatcher:
-    """The real binary on loopback ports, JSON logs to a file."""
+    """The real binary on loopback ports, JSON logs to a file; with `config`, that TOML as its
+    config file (`TYK_DISPATCHER_CONFIG`), which `rewrite_config` replaces while it runs."""
 
-    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None):
+    def __init__(self, workdir: Path, extra_env: dict[str, str] | None = None, config: str | None = None):
         self.workdir = workdir
         self.grpc_port = free_port()
         self.admin_port = free_port()
         self.log_path = workdir / "dispatcher.log"
+        self.config_path = workdir / "dispatcher.toml"
         env = _clean_env()
         env.update({
             "TYK_DISPATCHER_LISTEN": f"127.0.0.1:{self.grpc_port}",
@@ -115,6 +118,9 @@ class Dispatcher:
             "TYK_DISPATCHER_DRAIN_DELAY_SECS": "1",
             "TYK_DISPATCHER_SHUTDOWN_GRACE_SECS": "1",
         })
+        if config is not None:
+            self.config_path.write_text(config)
+            env["TYK_DISPATCHER_CONFIG"] = str(self.config_path)
         env.update(extra_env or {})
         self.env = env
         self.proc: subprocess.Popen | None = None
@@ -162,6 +168,13 @@ class Dispatcher:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def rewrite_config(self, text: str) -> None:
+        """Replaces the config file in one rename, as a ConfigMap volume update does, so the
+        dispatcher's reload watcher never reads half a file."""
+        tmp = self.config_path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, self.config_path)
 
     def metrics(self) -> tuple[str, str]:
         """(content type, body) of GET /metrics."""
@@ -279,17 +292,24 @@ def _varint_field(field: int, value: int) -> bytes:
     return _varint(field << 3) + _varint(value)
 
 
+def _map_entry(field: int, key: str, value: str) -> bytes:
+    return _len_field(field, _len_field(1, key.encode()) + _len_field(2, value.encode()))
+
+
 def encode_object(hook_type: str, hook_name: str, spec: dict[str, str] | None = None,
-                  status_code: int | None = None) -> bytes:
-    """A coprocess.Object: hook_type (1), hook_name (2), spec (6), response.status_code (7.1)."""
+                  status_code: int | None = None, headers: dict[str, str] | None = None) -> bytes:
+    """A coprocess.Object: hook_type (1), hook_name (2), request.headers (3.1), spec (6),
+    response.status_code (7.1)."""
     out = b""
     number = HOOK_TYPE_NUMBERS[hook_type]
     if number:
         out += _varint_field(1, number)
     if hook_name:
         out += _len_field(2, hook_name.encode())
+    if headers:
+        out += _len_field(3, b"".join(_map_entry(1, k, v) for k, v in headers.items()))
     for key, value in (spec or {}).items():
-        out += _len_field(6, _len_field(1, key.encode()) + _len_field(2, value.encode()))
+        out += _map_entry(6, key, value)
     if status_code is not None:
         out += _len_field(7, _varint_field(1, status_code))
     return out
@@ -346,3 +366,86 @@ def grpcurl(addr: str, method: str, data: dict) -> dict:
         capture_output=True, text=True, timeout=30)
     assert proc.returncode == 0, f"grpcurl {method} failed ({proc.returncode}): {proc.stderr}{proc.stdout}"
     return json.loads(proc.stdout or "{}")
+
+
+# --- hook pipelines: one config for both live suites --------------------------------------------
+
+# The one API key of the keys file (only its SHA-256 is written down), and a key it does not hold.
+API_KEY = "obs-suite-key-3f1c9a"
+WRONG_KEY = "obs-suite-wrong-key-77d0e2"
+
+# What each declared hook is for:
+#   TeamPre          Pre: set_headers X-Team, then respond 403 when X-Block is present
+#   StampResponse    Response: set_response_headers X-Stamp
+#   KeyAuth          CustomKeyCheck: api_key_auth (API_KEY, granted api-1)
+#   FragileResponse  Response: set_response_headers, fail_open; called without a `response`
+#                    field, the step errors ("the Object has no response"): a hook failure
+# Every other hook name is undeclared: passed through unchanged and counted as unknown.
+HOOK_NAMES = ("TeamPre", "StampResponse", "KeyAuth", "FragileResponse")
+
+
+def write_key_files(workdir: Path) -> tuple[Path, Path]:
+    """The keys file and the token secret of KeyAuth."""
+    keys = workdir / "keys.toml"
+    secret = workdir / "token-secret"
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    keys.write_text(f'[[keys]]\nsha256 = "{digest}"\nname = "obs-suite"\napis = ["api-1"]\n')
+    secret.write_text("obs-suite-token-secret-0123456789\n")
+    return keys, secret
+
+
+def hooks_config(workdir: Path, team: str = "payments", broken: bool = False) -> str:
+    """The dispatcher's TOML config declaring the hooks above (key files written to `workdir`).
+    `team` is the X-Team value TeamPre sets; `broken` adds a step of an unknown kind, which the
+    reload watcher refuses (the hooks in force stay)."""
+    keys, secret = write_key_files(workdir)
+    broken_step = '\n[[hooks.steps]]\nkind = "no_such_step"\n' if broken else ""
+    return f'''# tests/observability: hooks for the metrics of issue 6.
+config_reload_interval_secs = 1
+unknown_hooks = "pass"
+
+[[hooks]]
+name = "TeamPre"
+type = "Pre"
+deadline_ms = 2000
+
+[[hooks.steps]]
+kind = "set_headers"
+headers = {{ X-Team = "{team}" }}
+
+[[hooks.steps]]
+kind = "respond"
+status = 403
+body = "blocked"
+when = {{ header_present = "X-Block" }}
+{broken_step}
+[[hooks]]
+name = "StampResponse"
+type = "Response"
+deadline_ms = 2000
+
+[[hooks.steps]]
+kind = "set_response_headers"
+headers = {{ X-Stamp = "obs" }}
+
+[[hooks]]
+name = "KeyAuth"
+type = "CustomKeyCheck"
+deadline_ms = 2000
+
+[[hooks.steps]]
+kind = "api_key_auth"
+keys_file = {json.dumps(str(keys))}
+secret_file = {json.dumps(str(secret))}
+cache_secs = 0
+
+[[hooks]]
+name = "FragileResponse"
+type = "Response"
+deadline_ms = 2000
+on_error = "fail_open"
+
+[[hooks.steps]]
+kind = "set_response_headers"
+headers = {{ X-Stamp = "fragile" }}
+'''

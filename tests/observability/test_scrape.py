@@ -1,22 +1,24 @@
-"""A real scrape: the binary, known traffic (grpcurl and raw gRPC), then GET /metrics parsed with
-the strict OpenMetrics parser and checked name by name, label by label, value by value."""
+"""A real scrape: the binary with hook pipelines declared (obs_harness.hooks_config), known traffic
+(grpcurl and raw gRPC), then GET /metrics parsed with the strict OpenMetrics parser and checked name
+by name, label by label, value by value."""
 
 from __future__ import annotations
 
 import re
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import grpc
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from obs_contract import (ALTERNATIVES, FAMILIES, HOOK_TYPES, OUTCOMES, REJECTION_REASONS,
-                          TOLERATED_EXTRA)
-from obs_harness import (MALFORMED_OBJECT, REPO, Dispatcher, RawClient, auth_failure_event,
-                         encode_object, grpcurl)
+from obs_contract import (ALTERNATIVES, AUTH_DECISIONS, FAILURE_REASONS, FAMILIES, LABEL_VALUES,
+                          RELOAD_RESULTS, STEP_OUTCOMES, TOLERATED_EXTRA)
+from obs_harness import (API_KEY, HOOK_NAMES, MALFORMED_OBJECT, REPO, WRONG_KEY, Dispatcher,
+                         RawClient, auth_failure_event, encode_object, grpcurl, hooks_config)
 
+# MyPre and MyResponse are not declared: passed through unchanged, counted as unknown hooks.
 PRE = {"hookType": "Pre", "hookName": "MyPre", "spec": {"APIID": "api-1"}}
 RESPONSE = {"hookType": "Response", "hookName": "MyResponse", "spec": {"APIID": "api-1"},
             "response": {"statusCode": 200}}
@@ -25,6 +27,21 @@ PRE_BYTES = len(encode_object("Pre", "MyPre", {"APIID": "api-1"}))
 RESPONSE_BYTES = len(encode_object("Response", "MyResponse", {"APIID": "api-1"}, status_code=200))
 # Connections the traffic below opens: one per grpcurl run, one for the raw client.
 CONNECTIONS = 3 + 1 + 2 + 1
+UNKNOWN_CALLS = 3 + 1  # PRE and RESPONSE above
+
+# Calls to the declared hooks, through the raw client: (hook type, hook name, encode_object
+# keywords, the outcome the call must count as).
+HOOK_CALLS = [
+    ("Pre", "TeamPre", {}, "modified"),
+    ("Pre", "TeamPre", {}, "modified"),
+    ("Pre", "TeamPre", {"headers": {"X-Block": "1"}}, "responded"),
+    ("Response", "StampResponse", {"status_code": 200}, "modified"),
+    ("CustomKeyCheck", "KeyAuth", {"headers": {"Authorization": API_KEY}}, "modified"),
+    ("CustomKeyCheck", "KeyAuth", {"headers": {"Authorization": WRONG_KEY}}, "responded"),
+    ("CustomKeyCheck", "KeyAuth", {}, "responded"),
+    # No `response` field: set_response_headers errors; fail_open sends the Object back.
+    ("Response", "FragileResponse", {}, "failed"),
+]
 
 
 @dataclass
@@ -34,6 +51,9 @@ class Scrape:
     families: dict  # family name -> prometheus_client Metric
     log: str
     started: float
+    # Raw hook calls by hook type: [calls, request bytes, reply bytes].
+    raw_sizes: dict = field(default_factory=dict)
+    replies: list = field(default_factory=list)  # (hook name, request bytes, reply bytes)
 
     def samples(self, name: str) -> list:
         return [s for f in self.families.values() for s in f.samples if s.name == name]
@@ -52,7 +72,10 @@ class Scrape:
 @pytest.fixture(scope="module")
 def scrape(tmp_path_factory) -> Scrape:
     started = time.time()
-    d = Dispatcher(tmp_path_factory.mktemp("scrape")).start()
+    work = tmp_path_factory.mktemp("scrape")
+    d = Dispatcher(work, config=hooks_config(work)).start()
+    raw_sizes: dict = {}
+    replies = []
     try:
         for _ in range(3):
             assert grpcurl(d.grpc_addr, "coprocess.Dispatcher/Dispatch", PRE) == PRE
@@ -61,6 +84,14 @@ def scrape(tmp_path_factory) -> Scrape:
         grpcurl(d.grpc_addr, "coprocess.Dispatcher/DispatchEvent", {"payload": "this is not JSON"})
         raw = RawClient(d.grpc_addr)
         try:
+            for hook_type, hook_name, kwargs, _ in HOOK_CALLS:
+                body = encode_object(hook_type, hook_name, {"APIID": "api-1"}, **kwargs)
+                reply = raw.dispatch(body)
+                replies.append((hook_name, body, reply))
+                sizes = raw_sizes.setdefault(hook_type, [0, 0, 0])
+                sizes[0] += 1
+                sizes[1] += len(body)
+                sizes[2] += len(reply)
             with pytest.raises(grpc.RpcError) as err:
                 raw.dispatch(MALFORMED_OBJECT)
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
@@ -75,7 +106,7 @@ def scrape(tmp_path_factory) -> Scrape:
     for family in text_string_to_metric_families(text):
         assert family.name not in families, f"family {family.name} declared twice"
         families[family.name] = family
-    return Scrape(content_type, text, families, d.log(), started)
+    return Scrape(content_type, text, families, d.log(), started, raw_sizes, replies)
 
 
 def _expected_families(scrape: Scrape):
@@ -129,15 +160,17 @@ def test_label_sets(scrape):
 
 def test_label_values_are_from_the_contract(scrape):
     problems = []
+    for family, got in _expected_families(scrape):
+        allowed = LABEL_VALUES.get(family.name, {})
+        for s in (got.samples if got is not None else []):
+            for label, values in allowed.items():
+                if s.labels.get(label) not in values:
+                    problems.append(f"{s.name}{s.labels}: {label} not in {sorted(values)}")
+    assert not problems, "\n".join(problems)
+    # And the hook-type label of every family that has one.
     for f in scrape.families.values():
         for s in f.samples:
-            if "hook_type" in s.labels and s.labels["hook_type"] not in HOOK_TYPES:
-                problems.append(f"{s.name}{s.labels}: hook_type")
-            if "outcome" in s.labels and s.labels["outcome"] not in OUTCOMES:
-                problems.append(f"{s.name}{s.labels}: outcome")
-            if "reason" in s.labels and s.labels["reason"] not in REJECTION_REASONS:
-                problems.append(f"{s.name}{s.labels}: reason")
-    assert not problems, "\n".join(problems)
+            assert "hook_type" not in s.labels or f.name in LABEL_VALUES, f"{s.name}: hook_type unchecked"
 
 
 def test_dispatch_requests_by_hook_and_outcome(scrape):
@@ -145,9 +178,9 @@ def test_dispatch_requests_by_hook_and_outcome(scrape):
     assert scrape.value(name, hook_type="Pre", hook_name="MyPre", outcome="unchanged") == 3
     assert scrape.total(name, hook_type="Pre", hook_name="MyPre") == 3
     assert scrape.value(name, hook_type="Response", hook_name="MyResponse", outcome="unchanged") == 1
-    assert scrape.total(name, hook_type="Response") == 1
+    assert scrape.total(name, hook_type="Response", hook_name="MyResponse") == 1
     known = [s for s in scrape.samples(name) if s.labels["hook_type"] != "Unknown"]
-    assert sum(s.value for s in known) == 4, known
+    assert sum(s.value for s in known) == 4 + len(HOOK_CALLS), known
     # The malformed call reached no hook; if it is counted here at all, it is one Unknown error.
     unknown = {s.labels["outcome"]: s.value for s in scrape.samples(name) if s.labels["hook_type"] == "Unknown"}
     assert sum(unknown.values()) <= 1 and unknown.get("error", 0) == sum(unknown.values()), unknown
@@ -180,12 +213,15 @@ def test_duration_histogram(scrape):
 
 
 def test_size_histograms(scrape):
-    for base in ("tyk_dispatcher_request_bytes", "tyk_dispatcher_reply_bytes"):
-        _histogram_checks(scrape, base, {"hook_type": "Pre"}, 3)
-        _histogram_checks(scrape, base, {"hook_type": "Response"}, 1)
-        # The Objects go back unchanged: replies are as large as requests.
-        assert scrape.value(base + "_sum", hook_type="Pre") == 3 * PRE_BYTES, (base, PRE_BYTES)
-        assert scrape.value(base + "_sum", hook_type="Response") == RESPONSE_BYTES, (base, RESPONSE_BYTES)
+    # grpcurl's Objects go back unchanged (replies as large as requests); the raw calls' sizes
+    # were measured on the client.
+    grpcurl_calls = {"Pre": (3, 3 * PRE_BYTES), "Response": (1, RESPONSE_BYTES)}
+    for index, base in ((1, "tyk_dispatcher_request_bytes"), (2, "tyk_dispatcher_reply_bytes")):
+        for hook_type in ("Pre", "Response", "CustomKeyCheck"):
+            calls, size = grpcurl_calls.get(hook_type, (0, 0))
+            raw = scrape.raw_sizes[hook_type]
+            _histogram_checks(scrape, base, {"hook_type": hook_type}, calls + raw[0])
+            assert scrape.value(base + "_sum", hook_type=hook_type) == size + raw[index], (base, hook_type)
 
 
 def test_in_flight_is_back_to_zero(scrape):
@@ -243,3 +279,90 @@ def test_hook_name_and_api_id_in_logs(scrape):
     assert "secret-key-value" not in scrape.log
     for line in scrape.log.splitlines():
         assert re.match(r"^\{.*\}$", line), f"not a JSON log line: {line}"
+
+
+# --- hook pipelines -------------------------------------------------------------------------------
+
+def _calls(hook_name: str, outcome: str | None = None) -> int:
+    return sum(1 for _, name, _, out in HOOK_CALLS if name == hook_name and outcome in (None, out))
+
+
+def test_pipeline_replies_are_what_the_steps_did(scrape):
+    """The metrics below count what these replies show (a sanity check of the traffic itself)."""
+    for (hook_type, hook_name, kwargs, outcome), (_, body, reply) in zip(HOOK_CALLS, scrape.replies):
+        if outcome == "failed":  # fail_open
+            assert reply == body, hook_name
+        else:
+            assert reply != body, hook_name
+    team = [reply for name, _, reply in scrape.replies if name == "TeamPre"]
+    assert all(b"X-Team" in r and b"payments" in r for r in team), team
+    assert sum(b"blocked" in r for r in team) == 1, team
+    assert any(b"X-Stamp" in r for name, _, r in scrape.replies if name == "StampResponse")
+
+
+def test_dispatch_outcomes_of_the_pipelines(scrape):
+    name = "tyk_dispatcher_dispatch_requests_total"
+    for hook_type, hook_name, _, _ in HOOK_CALLS:
+        for outcome in ("unchanged", "modified", "responded", "failed", "error"):
+            got = scrape.value(name, hook_type=hook_type, hook_name=hook_name, outcome=outcome)
+            assert got == _calls(hook_name, outcome), (hook_name, outcome, got)
+
+
+def test_step_runs_by_hook_step_and_outcome(scrape):
+    name = "tyk_dispatcher_step_runs_total"
+    expected = {
+        # Every TeamPre call sets its header; the respond step fires once (X-Block).
+        ("TeamPre", "set_headers"): {"modified": _calls("TeamPre")},
+        ("TeamPre", "respond"): {"unchanged": _calls("TeamPre", "modified"),
+                                 "responded": _calls("TeamPre", "responded")},
+        ("StampResponse", "set_response_headers"): {"modified": 1},
+        # An allowing auth step counts as modified, a denying one as responded.
+        ("KeyAuth", "api_key_auth"): {"modified": 1, "responded": 2},
+        ("FragileResponse", "set_response_headers"): {"failed": 1},
+    }
+    for (hook_name, step), counts in expected.items():
+        for outcome in STEP_OUTCOMES:
+            got = scrape.value(name, hook_name=hook_name, step=step, outcome=outcome)
+            assert got == counts.get(outcome, 0), (hook_name, step, outcome, got)
+    # Nothing else: one series per (hook, step, outcome) of the declared hooks that ran.
+    series = {(s.labels["hook_name"], s.labels["step"]) for s in scrape.samples(name)}
+    assert series == set(expected), series
+    assert len(scrape.samples(name)) == len(expected) * len(STEP_OUTCOMES)
+
+
+def test_auth_decisions(scrape):
+    name = "tyk_dispatcher_auth_decisions_total"
+    assert scrape.value(name, hook_name="KeyAuth", step="api_key_auth", decision="allowed") == 1
+    # A wrong key (403) and no key (401).
+    assert scrape.value(name, hook_name="KeyAuth", step="api_key_auth", decision="denied") == 2
+    # The server keeps a zero series for both decisions of every step of a hook that ran; no
+    # step but the auth step decides.
+    for s in scrape.samples(name):
+        assert s.labels["decision"] in AUTH_DECISIONS
+        if s.labels["step"] != "api_key_auth":
+            assert s.value == 0, s
+
+
+def test_hook_failures_by_reason(scrape):
+    name = "tyk_dispatcher_hook_failures_total"
+    for hook_name in HOOK_NAMES:
+        for reason in FAILURE_REASONS:
+            want = 1 if (hook_name, reason) == ("FragileResponse", "error") else 0
+            assert scrape.value(name, hook_name=hook_name, reason=reason) == want, (hook_name, reason)
+    assert scrape.total(name) == 1
+    assert "the Object has no response" in scrape.log
+
+
+def test_unknown_hooks(scrape):
+    # MyPre and MyResponse; the malformed call was refused before any hook lookup.
+    assert scrape.value("tyk_dispatcher_unknown_hooks_total") == UNKNOWN_CALLS
+
+
+def test_config_reloads_exist_from_the_start(scrape):
+    for result in RELOAD_RESULTS:
+        assert scrape.value("tyk_dispatcher_config_reloads_total", result=result) == 0
+
+
+def test_no_api_key_in_the_log(scrape):
+    assert API_KEY not in scrape.log
+    assert WRONG_KEY not in scrape.log

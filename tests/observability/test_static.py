@@ -101,8 +101,53 @@ def test_panel_titles_cover_the_issue():
     titles = " | ".join(p["title"].lower() for p in all_panels(load_dashboard()))
     for word in ("request rate by hook", "error ratio", "latency by hook", "in flight", "outcomes",
                  "events by type", "request size", "reply size", "memory", "cpu",
-                 "open connections", "rejected calls by reason", "spans exported / dropped"):
+                 "open connections", "rejected calls by reason", "spans exported / dropped",
+                 "step runs by hook / step / outcome", "auth decisions by hook / step / decision",
+                 "hook failures by reason", "unknown hooks", "config reloads by result",
+                 "outcomes by hook"):
         assert word in titles, f"no panel titled with {word!r}: {titles}"
+
+
+def _rows_of(dashboard: dict) -> dict[str, list[dict]]:
+    """Row title -> the panels laid out under it (up to the next row)."""
+    panels = sorted(dashboard["panels"], key=lambda p: (p["gridPos"]["y"], p["gridPos"]["x"]))
+    rows: dict[str, list[dict]] = {}
+    current = None
+    for panel in panels:
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], [])
+            current.extend(panel.get("panels", []))  # a collapsed row holds its panels
+        elif current is not None:
+            current.append(panel)
+    return rows
+
+
+def test_hooks_row_charts_the_pipeline_metrics():
+    rows = _rows_of(load_dashboard())
+    assert "Hooks" in rows, f"no Hooks row: {sorted(rows)}"
+    used = {sel.name for panel in rows["Hooks"] for target in panel.get("targets", [])
+            for sel in selectors(target["expr"])}
+    for series in ("tyk_dispatcher_step_runs_total", "tyk_dispatcher_auth_decisions_total",
+                   "tyk_dispatcher_hook_failures_total", "tyk_dispatcher_unknown_hooks_total",
+                   "tyk_dispatcher_config_reloads_total", "tyk_dispatcher_dispatch_requests_total"):
+        assert series in used, f"the Hooks row does not chart {series}"
+    by_title = {p["title"]: p for p in rows["Hooks"]}
+    # Counted events, not rates: reloads are rare.
+    reloads = by_title["Config reloads by result"]["targets"][0]["expr"]
+    assert "increase(tyk_dispatcher_config_reloads_total" in reloads and "by (result)" in reloads, reloads
+    steps = by_title["Step runs by hook / step / outcome"]["targets"][0]["expr"]
+    assert "by (hook_name, step, outcome)" in steps, steps
+    auth = by_title["Auth decisions by hook / step / decision"]["targets"][0]["expr"]
+    assert "by (hook_name, step, decision)" in auth, auth
+    failures = by_title["Hook failures by reason"]["targets"][0]["expr"]
+    assert "by (hook_name, reason)" in failures, failures
+
+
+def test_outcomes_panel_knows_the_pipeline_outcomes():
+    panel = next(p for p in all_panels(load_dashboard()) if p["title"] == "Outcomes")
+    assert "sum by (outcome)" in panel["targets"][0]["expr"]
+    colored = {o["matcher"]["options"] for o in panel["fieldConfig"]["overrides"]}
+    assert colored == {"unchanged", "modified", "responded", "failed", "error"}, colored
 
 
 def test_alert_rules_are_complete_and_labelled():
@@ -120,6 +165,15 @@ def test_alert_rules_are_complete_and_labelled():
     assert by_name["TykDispatcherDown"]["for"] == "2m"
     assert by_name["TykDispatcherSpansDropped"]["for"] == "10m"
     assert by_name["TykDispatcherRequestsRejected"]["for"] == "10m"
+    assert by_name["TykDispatcherHookFailures"]["for"] == "10m"
+    # A refused reload is one event: waiting would only delay the news.
+    assert by_name["TykDispatcherConfigReloadFailed"]["for"] == "0m"
+    assert by_name["TykDispatcherHookFailures"]["labels"]["severity"] == "warning"
+    assert by_name["TykDispatcherConfigReloadFailed"]["labels"]["severity"] == "warning"
+    hook_failures = by_name["TykDispatcherHookFailures"]["expr"]
+    assert "sum by (job, hook_name, reason)" in hook_failures, hook_failures
+    reloads = by_name["TykDispatcherConfigReloadFailed"]["expr"]
+    assert 'increase(tyk_dispatcher_config_reloads_total{result="failure"}[15m])' in reloads, reloads
 
 
 def test_alerts_use_only_contract_metrics():

@@ -172,6 +172,10 @@ impl Step for ApiKeyAuth {
         "api_key_auth"
     }
 
+    fn authenticates(&self) -> bool {
+        true
+    }
+
     async fn run(
         &self,
         object: &mut pb::Object,

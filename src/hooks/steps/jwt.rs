@@ -695,6 +695,10 @@ impl Step for JwtAuth {
         "jwt_auth"
     }
 
+    fn authenticates(&self) -> bool {
+        true
+    }
+
     async fn run(
         &self,
         object: &mut pb::Object,
