@@ -1,18 +1,24 @@
 //! A batch span processor that counts what it exports and what it drops.
 //!
 //! The SDK's batch processor keeps its drop count private; this one is small enough to own.
-//! Finished spans go into a bounded queue without blocking the call that ended them; a task
-//! exports them in batches with a timeout, so a collector that is down or slow costs only the
-//! spans that do not fit, and those are counted.
+//! Finished spans go into a bounded queue without blocking the call that ended them, and the
+//! export task is woken only when a batch is full (or the batch delay passes), not once per
+//! span. Exports have a timeout, so a collector that is down or slow costs only the spans that do
+//! not fit, and those are counted.
 
-use std::{fmt, sync::Mutex, time::Duration};
+use std::{
+    fmt,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use opentelemetry_sdk::{
     error::{OTelSdkError, OTelSdkResult},
     trace::{SpanData, SpanExporter, SpanProcessor},
 };
 use prometheus_client::metrics::counter::Counter;
-use tokio::sync::{mpsc, oneshot};
+use std::sync::Arc;
+use tokio::sync::{Notify, mpsc, oneshot};
 
 /// How the processor batches.
 #[derive(Debug, Clone, Copy)]
@@ -41,13 +47,30 @@ enum Control {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// See the module docs.
-pub struct CountingBatchProcessor {
-    spans: mpsc::Sender<SpanData>,
-    control: mpsc::UnboundedSender<Control>,
-    counters: SpanCounters,
+/// Finished spans waiting for export.
+#[derive(Debug)]
+struct Queue {
+    spans: Mutex<Vec<SpanData>>,
+    capacity: usize,
+    batch_size: usize,
+    /// Woken when a batch is full.
+    batch_ready: Notify,
     /// Warn about a full queue once, not once per span.
     warned_full: Mutex<bool>,
+}
+
+impl Queue {
+    fn take(&self) -> Vec<SpanData> {
+        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        std::mem::replace(&mut *spans, Vec::with_capacity(self.batch_size))
+    }
+}
+
+/// See the module docs.
+pub struct CountingBatchProcessor {
+    queue: Arc<Queue>,
+    control: mpsc::UnboundedSender<Control>,
+    counters: SpanCounters,
 }
 
 impl fmt::Debug for CountingBatchProcessor {
@@ -64,14 +87,25 @@ impl CountingBatchProcessor {
         settings: BatchSettings,
         counters: SpanCounters,
     ) -> Self {
-        let (spans, queue) = mpsc::channel(settings.queue_size);
+        let queue = Arc::new(Queue {
+            spans: Mutex::new(Vec::with_capacity(settings.batch_size)),
+            capacity: settings.queue_size,
+            batch_size: settings.batch_size,
+            batch_ready: Notify::new(),
+            warned_full: Mutex::new(false),
+        });
         let (control, control_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(exporter, queue, control_rx, settings, counters.clone()));
+        tokio::spawn(run(
+            exporter,
+            queue.clone(),
+            control_rx,
+            settings,
+            counters.clone(),
+        ));
         Self {
-            spans,
+            queue,
             control,
             counters,
-            warned_full: Mutex::new(false),
         }
     }
 
@@ -101,18 +135,28 @@ impl SpanProcessor for CountingBatchProcessor {
         if !span.span_context.is_sampled() {
             return;
         }
-        if self.spans.try_send(span).is_err() {
+        let queue = &self.queue;
+        let mut spans = queue.spans.lock().unwrap_or_else(PoisonError::into_inner);
+        if spans.len() >= queue.capacity {
+            drop(spans);
             self.counters.dropped.inc();
-            let mut warned = self
+            let mut warned = queue
                 .warned_full
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
             if !*warned {
                 *warned = true;
                 tracing::warn!(
                     "span export queue full: spans are being dropped (see tyk_dispatcher_spans_dropped_total)"
                 );
             }
+            return;
+        }
+        spans.push(span);
+        let batch_full = spans.len() == queue.batch_size;
+        drop(spans);
+        if batch_full {
+            queue.batch_ready.notify_one();
         }
     }
 
@@ -132,36 +176,41 @@ impl SpanProcessor for CountingBatchProcessor {
     }
 }
 
-async fn run<E: SpanExporter>(
+/// Exports batches, logging a failure once until exports recover.
+struct Exporting<E> {
     exporter: E,
-    mut queue: mpsc::Receiver<SpanData>,
-    mut control: mpsc::UnboundedReceiver<Control>,
     settings: BatchSettings,
     counters: SpanCounters,
-) {
-    let mut batch = Vec::with_capacity(settings.batch_size);
-    let mut failing = false;
-    let mut export = async |batch: &mut Vec<SpanData>| {
-        if batch.is_empty() {
-            return;
+    failing: bool,
+}
+
+impl<E: SpanExporter> Exporting<E> {
+    async fn export_all(&mut self, mut spans: Vec<SpanData>) {
+        while !spans.is_empty() {
+            let rest = spans.split_off(spans.len().min(self.settings.batch_size));
+            self.export(spans).await;
+            spans = rest;
         }
-        let spans = std::mem::take(batch);
+    }
+
+    async fn export(&mut self, spans: Vec<SpanData>) {
         let count = spans.len() as u64;
-        match tokio::time::timeout(settings.export_timeout, exporter.export(spans)).await {
+        match tokio::time::timeout(self.settings.export_timeout, self.exporter.export(spans)).await
+        {
             Ok(Ok(())) => {
-                counters.exported.inc_by(count);
-                if failing {
-                    failing = false;
+                self.counters.exported.inc_by(count);
+                if self.failing {
+                    self.failing = false;
                     tracing::info!("span export recovered");
                 }
             }
             outcome => {
-                counters.dropped.inc_by(count);
-                if !failing {
-                    failing = true;
+                self.counters.dropped.inc_by(count);
+                if !self.failing {
+                    self.failing = true;
                     let reason = match outcome {
                         Ok(Err(err)) => err.to_string(),
-                        _ => format!("no answer within {:?}", settings.export_timeout),
+                        _ => format!("no answer within {:?}", self.settings.export_timeout),
                     };
                     tracing::warn!(
                         reason,
@@ -171,42 +220,42 @@ async fn run<E: SpanExporter>(
                 }
             }
         }
+    }
+}
+
+async fn run<E: SpanExporter>(
+    exporter: E,
+    queue: Arc<Queue>,
+    mut control: mpsc::UnboundedReceiver<Control>,
+    settings: BatchSettings,
+    counters: SpanCounters,
+) {
+    let mut exporting = Exporting {
+        exporter,
+        settings,
+        counters,
+        failing: false,
     };
     let mut tick = tokio::time::interval(settings.delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
-            span = queue.recv() => match span {
-                Some(span) => {
-                    batch.push(span);
-                    if batch.len() >= settings.batch_size {
-                        export(&mut batch).await;
-                    }
-                }
-                None => break,
-            },
-            _ = tick.tick() => export(&mut batch).await,
-            message = control.recv() => {
-                while let Ok(span) = queue.try_recv() {
-                    batch.push(span);
-                    if batch.len() >= settings.batch_size {
-                        export(&mut batch).await;
-                    }
-                }
-                export(&mut batch).await;
-                match message {
-                    Some(Control::Flush(done)) => {
-                        let _ = done.send(());
-                    }
-                    Some(Control::Shutdown(done)) => {
-                        let _ = exporter.shutdown();
-                        let _ = done.send(());
-                        return;
-                    }
-                    None => break,
-                }
+        let message = tokio::select! {
+            () = queue.batch_ready.notified() => None,
+            _ = tick.tick() => None,
+            message = control.recv() => Some(message),
+        };
+        exporting.export_all(queue.take()).await;
+        match message {
+            None => {}
+            Some(Some(Control::Flush(done))) => {
+                let _ = done.send(());
             }
+            Some(Some(Control::Shutdown(done))) => {
+                let _ = exporting.exporter.shutdown();
+                let _ = done.send(());
+                return;
+            }
+            Some(None) => return,
         }
     }
-    export(&mut batch).await;
 }
