@@ -163,34 +163,27 @@ impl AppBuilder {
             unix_mode: config.unix_socket_mode_bits().unwrap_or(0o660),
         };
         let mut grpc = Vec::new();
-        for addr in config
-            .listen_addrs()
-            .map_err(|e| Problems(vec![crate::config::Problem::new("listen", e.to_string())]))?
-        {
+        for addr in config.listen_addrs().map_err(address_problem("listen"))? {
             grpc.extend(
                 listener::bind(&addr, &options)?
                     .into_iter()
                     .map(|l| (l, None)),
             );
         }
-        for addr in config.tls_listen.parse().map_err(|e| {
-            Problems(vec![crate::config::Problem::new(
-                "tls_listen",
-                e.to_string(),
-            )])
-        })? {
+        for addr in config
+            .tls_listen
+            .parse()
+            .map_err(address_problem("tls_listen"))?
+        {
             grpc.extend(
                 listener::bind(&addr, &options)?
                     .into_iter()
                     .map(|l| (l, tls.clone())),
             );
         }
-        let admin_addr = config.admin_addr().map_err(|e| {
-            Problems(vec![crate::config::Problem::new(
-                "admin_listen",
-                e.to_string(),
-            )])
-        })?;
+        let admin_addr = config
+            .admin_addr()
+            .map_err(address_problem("admin_listen"))?;
         let admin = bind_admin(&admin_addr)?;
         let connections =
             ConnectionServer::new(&config, routes, lifecycle.clone(), metrics.clone());
@@ -376,6 +369,11 @@ impl App {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Turns an address error (already caught by validation) into the config problem it is.
+fn address_problem(key: &'static str) -> impl Fn(crate::config::AddressError) -> Problems {
+    move |err| Problems(vec![crate::config::Problem::new(key, err.to_string())])
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -105,14 +105,7 @@ impl Grants {
 
 /// The credential in request header `header` (Go canonical name), without a `Bearer ` prefix.
 pub fn credential<'a>(request: &'a pb::MiniRequestObject, header: &str) -> Option<&'a str> {
-    let value = request.headers.get(header).or_else(|| {
-        request
-            .headers
-            .iter()
-            .find(|(name, _)| name.eq_ignore_ascii_case(header))
-            .map(|(_, v)| v)
-    })?;
-    let value = value.trim();
+    let value = super::headers::request_header(request, header)?.trim();
     let value = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))

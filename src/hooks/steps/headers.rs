@@ -40,6 +40,20 @@ pub fn canonical_header_name(name: &str) -> String {
         .collect()
 }
 
+/// A request header by name: its Go canonical form first, then any case.
+pub fn request_header<'a>(request: &'a pb::MiniRequestObject, name: &str) -> Option<&'a String> {
+    request
+        .headers
+        .get(&canonical_header_name(name))
+        .or_else(|| {
+            request
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v)
+        })
+}
+
 fn canonical_map(map: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
     if map.is_empty() {
         return Err("needs at least one header".into());

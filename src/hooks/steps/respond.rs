@@ -18,7 +18,11 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{canonical_header_name, headers::set_response_header, settings};
+use super::{
+    canonical_header_name,
+    headers::{request_header, set_response_header},
+    settings,
+};
 use crate::{
     hooks::{
         config::StepConfig,
@@ -54,16 +58,7 @@ impl Conditions {
     fn holds(&self, request: Option<&pb::MiniRequestObject>) -> bool {
         let default = pb::MiniRequestObject::default();
         let request = request.unwrap_or(&default);
-        let header = |name: &str| {
-            let canonical = canonical_header_name(name);
-            request.headers.get(&canonical).or_else(|| {
-                request
-                    .headers
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                    .map(|(_, v)| v)
-            })
-        };
+        let header = |name: &str| request_header(request, name);
         let path = request.url.split('?').next().unwrap_or("");
         self.header_present
             .as_deref()
