@@ -32,12 +32,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(true)
         // Bodies decode as slices of the request buffer, not copies.
         .bytes(".")
+        // Small ordered maps: cheaper to decode, copy and compare than SipHash tables, and
+        // re-encoded in a stable order.
+        .btree_map(".")
         .file_descriptor_set_path(&descriptor_path)
         .compile_with_config(config, PROTOS, &["proto"])?;
 
     let descriptors = std::fs::read(&descriptor_path)?;
     pbjson_build::Builder::new()
         .register_descriptors(&descriptors)?
+        .btree_map(["."])
         .build(&[".coprocess"])?;
 
     let dispatcher = tonic_build::manual::Service::builder()

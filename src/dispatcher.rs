@@ -187,17 +187,18 @@ impl Dispatcher {
             let mut refused = object.clone();
             let hook_type = pb::HookType::try_from(summary.hook_type).unwrap_or(pb::HookType::Pre);
             fail_closed(&mut refused, hook_type);
-            let reply = crate::hooks::reply_bytes(bytes, &object, &refused)
+            let reply = crate::hooks::reply_bytes(bytes, &object, refused)
                 .map_err(|err| {
                     Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
                 })?
                 .unwrap_or_else(|| bytes.clone());
             return Ok((reply, Outcome::Failed, None));
         };
-        let object = decode(bytes)?;
-        let config_data = object
-            .spec
-            .get("config_data")
+        let object = pipeline.decode(bytes).map_err(|err| {
+            Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
+        })?;
+        let config_data = summary
+            .config_data
             .and_then(|raw| self.hooks.config_data(raw));
         let cx = StepContext {
             hook_type: pipeline.hook_type,

@@ -281,9 +281,11 @@ pub struct ObjectSummary<'a> {
     pub api_id: Option<&'a str>,
     /// `spec["OrgID"]`, if present.
     pub org_id: Option<&'a str>,
+    /// `spec["config_data"]` (the API's plugin settings as JSON), if present.
+    pub config_data: Option<&'a str>,
 }
 
-/// Reads hook type, hook name and API/org IDs from an encoded Object.
+/// Reads hook type, hook name, API/org IDs and `config_data` from an encoded Object.
 ///
 /// Checks the framing of the Object and of its request, session and response messages on the
 /// way, so malformed input is refused without a full decode.
@@ -311,6 +313,9 @@ pub fn scan_object(buf: &[u8]) -> Result<ObjectSummary<'_>, WireError> {
                 match key {
                     b"APIID" => summary.api_id = Some(utf8(value, "Object.spec", 2)?),
                     b"OrgID" => summary.org_id = Some(utf8(value, "Object.spec", 2)?),
+                    b"config_data" => {
+                        summary.config_data = Some(utf8(value, "Object.spec", 2)?);
+                    }
                     _ => {}
                 }
             }
@@ -379,9 +384,14 @@ pub fn put_varint(out: &mut impl BufMut, mut value: u64) {
 
 /// Appends a length-delimited record.
 pub fn put_len_record(out: &mut impl BufMut, field: u32, payload: &[u8]) {
-    put_varint(out, (u64::from(field) << 3) | u64::from(wire_type::LEN));
-    put_varint(out, payload.len() as u64);
+    put_len_prefix(out, field, payload.len());
     out.put_slice(payload);
+}
+
+/// Writes the tag and length of a length-delimited record whose `len` payload bytes follow.
+pub fn put_len_prefix(out: &mut impl BufMut, field: u32, len: usize) {
+    put_varint(out, (u64::from(field) << 3) | u64::from(wire_type::LEN));
+    put_varint(out, len as u64);
 }
 
 /// How one record of a message is to be rewritten.

@@ -5,6 +5,8 @@
 //! rather than appending matters: repeated fields such as `multivalue_headers` would otherwise
 //! duplicate, and a replaced `raw_body` would travel twice.
 
+use std::borrow::Cow;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::Message;
 
@@ -20,15 +22,15 @@ enum Change {
 }
 
 /// Encodes only the listed field of a message: every other field left at its default is
-/// omitted by proto3 encoding.
+/// omitted by proto3 encoding. The new value is moved, not copied.
 macro_rules! field_changes {
     ($old:expr, $new:expr, $ty:ty, [$($number:literal => $field:ident),* $(,)?]) => {{
-        let (old, new): (&$ty, &$ty) = ($old, $new);
+        let (old, new): (&$ty, &mut $ty) = ($old, $new);
         let mut changes: Vec<(u32, Change)> = Vec::new();
         $(
             if old.$field != new.$field {
                 let mut only = <$ty>::default();
-                only.$field = new.$field.clone();
+                only.$field = std::mem::take(&mut new.$field);
                 changes.push(($number, Change::Records(only.encode_to_vec())));
             }
         )*
@@ -38,38 +40,39 @@ macro_rules! field_changes {
 
 fn return_overrides_changes(
     old: &pb::ReturnOverrides,
-    new: &pb::ReturnOverrides,
+    mut new: pb::ReturnOverrides,
 ) -> Vec<(u32, Change)> {
-    field_changes!(old, new, pb::ReturnOverrides, [
+    field_changes!(old, &mut new, pb::ReturnOverrides, [
         1 => response_code, 2 => response_error, 3 => headers, 4 => override_error, 5 => response_body,
     ])
 }
 
-fn request_changes(old: &pb::MiniRequestObject, new: &pb::MiniRequestObject) -> Vec<(u32, Change)> {
-    let mut changes = field_changes!(old, new, pb::MiniRequestObject, [
+fn request_changes(
+    old: &pb::MiniRequestObject,
+    mut new: pb::MiniRequestObject,
+) -> Vec<(u32, Change)> {
+    let mut changes = field_changes!(old, &mut new, pb::MiniRequestObject, [
         1 => headers, 2 => set_headers, 3 => delete_headers, 4 => body, 5 => url, 6 => params,
         7 => add_params, 8 => extended_params, 9 => delete_params, 11 => method, 12 => request_uri,
         13 => scheme, 14 => raw_body,
     ]);
-    if old.return_overrides != new.return_overrides {
-        changes.push(nested(
-            10,
-            old.return_overrides.as_ref(),
-            new.return_overrides.as_ref(),
-            return_overrides_changes,
-        ));
-    }
+    changes.extend(nested(
+        10,
+        old.return_overrides.as_ref(),
+        new.return_overrides.take(),
+        return_overrides_changes,
+    ));
     changes
 }
 
-fn response_changes(old: &pb::ResponseObject, new: &pb::ResponseObject) -> Vec<(u32, Change)> {
-    field_changes!(old, new, pb::ResponseObject, [
+fn response_changes(old: &pb::ResponseObject, mut new: pb::ResponseObject) -> Vec<(u32, Change)> {
+    field_changes!(old, &mut new, pb::ResponseObject, [
         1 => status_code, 2 => raw_body, 3 => body, 4 => headers, 5 => multivalue_headers,
     ])
 }
 
-fn session_changes(old: &pb::SessionState, new: &pb::SessionState) -> Vec<(u32, Change)> {
-    field_changes!(old, new, pb::SessionState, [
+fn session_changes(old: &pb::SessionState, mut new: pb::SessionState) -> Vec<(u32, Change)> {
+    field_changes!(old, &mut new, pb::SessionState, [
         1 => last_check, 2 => allowance, 3 => rate, 4 => per, 5 => expires, 6 => quota_max,
         7 => quota_renews, 8 => quota_remaining, 9 => quota_renewal_rate, 10 => access_rights,
         11 => org_id, 12 => oauth_client_id, 13 => oauth_keys, 14 => basic_auth_data, 15 => jwt_data,
@@ -81,22 +84,26 @@ fn session_changes(old: &pb::SessionState, new: &pb::SessionState) -> Vec<(u32, 
     ])
 }
 
-/// A change of a nested message field: edited in place when both sides exist, otherwise
-/// replaced (or removed) whole.
+/// The change of a nested message field, if any: edited in place when both sides exist,
+/// otherwise added or removed whole. Each field is compared once, here, not first as a whole.
 fn nested<T: Message + Default>(
     number: u32,
     old: Option<&T>,
-    new: Option<&T>,
-    changes: fn(&T, &T) -> Vec<(u32, Change)>,
-) -> (u32, Change) {
+    new: Option<T>,
+    changes: fn(&T, T) -> Vec<(u32, Change)>,
+) -> Option<(u32, Change)> {
     match (old, new) {
-        (Some(old), Some(new)) => (number, Change::Nested(changes(old, new))),
-        (_, Some(new)) => {
+        (None, None) => None,
+        (Some(old), Some(new)) => {
+            let inner = changes(old, new);
+            (!inner.is_empty()).then_some((number, Change::Nested(inner)))
+        }
+        (None, Some(new)) => {
             let mut out = Vec::new();
             wire::put_len_record(&mut out, number, &new.encode_to_vec());
-            (number, Change::Records(out))
+            Some((number, Change::Records(out)))
         }
-        (_, None) => (number, Change::Records(Vec::new())),
+        (Some(_), None) => Some((number, Change::Records(Vec::new()))),
     }
 }
 
@@ -104,17 +111,29 @@ fn nested<T: Message + Default>(
 /// replaced by its new records, later ones dropped; fields absent before are appended.
 fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireError> {
     let mut out = BytesMut::with_capacity(original.len() + 64);
-    let mut done = vec![false; changes.len()];
+    // Which changes were written, by index (a message has fewer than 64 fields we know).
+    let mut done: u64 = 0;
     // A nested message may arrive split over several records (protobuf merges them): gather
-    // its payload first.
-    let mut nested_payloads: Vec<Vec<u8>> = vec![Vec::new(); changes.len()];
-    for record in Records::new(original) {
+    // its payload first (borrowed in the usual case of one record).
+    let any_nested = changes.iter().any(|(_, c)| matches!(c, Change::Nested(_)));
+    let mut nested_payloads: Vec<Cow<'_, [u8]>> = if any_nested {
+        vec![Cow::Borrowed(&[]); changes.len()]
+    } else {
+        Vec::new()
+    };
+    for record in Records::new(original).take_while(|_| any_nested) {
         let record = record?;
         if let Some(i) = changes
             .iter()
             .position(|(n, c)| *n == record.field && matches!(c, Change::Nested(_)))
         {
-            nested_payloads[i].extend_from_slice(record.payload);
+            if nested_payloads[i].is_empty() {
+                nested_payloads[i] = Cow::Borrowed(record.payload);
+            } else {
+                nested_payloads[i]
+                    .to_mut()
+                    .extend_from_slice(record.payload);
+            }
         }
     }
     for record in Records::new(original) {
@@ -124,15 +143,16 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
             .position(|(number, _)| *number == record.field)
         {
             None => out.put_slice(&original[record.span.clone()]),
-            Some(i) if done[i] => {}
+            Some(i) if done & (1 << i) != 0 => {}
             Some(i) => {
-                done[i] = true;
-                emit(&mut out, &changes[i], &nested_payloads[i])?;
+                done |= 1 << i;
+                let nested_original = nested_payloads.get(i).map_or(&[][..], |p| &p[..]);
+                emit(&mut out, &changes[i], nested_original)?;
             }
         }
     }
     for (i, change) in changes.iter().enumerate() {
-        if !done[i] {
+        if done & (1 << i) == 0 {
             emit(&mut out, change, &[])?;
         }
     }
@@ -162,37 +182,31 @@ fn emit(
 pub fn reply_bytes(
     original: &[u8],
     old: &pb::Object,
-    new: &pb::Object,
+    mut new: pb::Object,
 ) -> Result<Option<Bytes>, WireError> {
-    if old == new {
-        return Ok(None);
-    }
-    let mut changes = field_changes!(old, new, pb::Object, [
+    let mut changes = field_changes!(old, &mut new, pb::Object, [
         1 => hook_type, 2 => hook_name, 5 => metadata, 6 => spec,
     ]);
-    if old.request != new.request {
-        changes.push(nested(
-            3,
-            old.request.as_ref(),
-            new.request.as_ref(),
-            request_changes,
-        ));
-    }
-    if old.session != new.session {
-        changes.push(nested(
-            4,
-            old.session.as_ref(),
-            new.session.as_ref(),
-            session_changes,
-        ));
-    }
-    if old.response != new.response {
-        changes.push(nested(
-            7,
-            old.response.as_ref(),
-            new.response.as_ref(),
-            response_changes,
-        ));
+    changes.extend(nested(
+        3,
+        old.request.as_ref(),
+        new.request.take(),
+        request_changes,
+    ));
+    changes.extend(nested(
+        4,
+        old.session.as_ref(),
+        new.session.take(),
+        session_changes,
+    ));
+    changes.extend(nested(
+        7,
+        old.response.as_ref(),
+        new.response.take(),
+        response_changes,
+    ));
+    if changes.is_empty() {
+        return Ok(None);
     }
     Ok(Some(apply(original, &changes)?.freeze()))
 }
@@ -249,7 +263,7 @@ mod tests {
     fn nothing_changed_means_no_new_bytes() {
         let object = sample();
         assert!(
-            reply_bytes(&object.encode_to_vec(), &object, &object)
+            reply_bytes(&object.encode_to_vec(), &object, object.clone())
                 .unwrap()
                 .is_none()
         );
@@ -263,7 +277,7 @@ mod tests {
         let request = new.request.as_mut().unwrap();
         request.set_headers.insert("X-Added".into(), "1".into());
         request.return_overrides.as_mut().unwrap().response_code = 403;
-        let reply = reply_bytes(&original, &old, &new).unwrap().unwrap();
+        let reply = reply_bytes(&original, &old, new.clone()).unwrap().unwrap();
         let decoded = pb::Object::decode(reply.clone()).unwrap();
         assert_eq!(decoded, new);
         for unknown in [
@@ -286,7 +300,7 @@ mod tests {
         new.response.as_mut().unwrap().multivalue_headers[0]
             .values
             .push("c=3".into());
-        let reply = reply_bytes(&original, &old, &new).unwrap().unwrap();
+        let reply = reply_bytes(&original, &old, new.clone()).unwrap().unwrap();
         let decoded = pb::Object::decode(reply).unwrap();
         assert_eq!(
             decoded.response.unwrap().multivalue_headers,
@@ -300,7 +314,7 @@ mod tests {
         let original = old.encode_to_vec();
         let mut new = old.clone();
         new.request.as_mut().unwrap().raw_body = b"new".to_vec().into();
-        let reply = reply_bytes(&original, &old, &new).unwrap().unwrap();
+        let reply = reply_bytes(&original, &old, new.clone()).unwrap().unwrap();
         assert!(!reply.windows(4).any(|w| w == b"body"));
         assert_eq!(pb::Object::decode(reply).unwrap(), new);
     }
@@ -313,9 +327,9 @@ mod tests {
             rate: 10.0,
             ..Default::default()
         });
-        let reply = reply_bytes(&[], &old, &new).unwrap().unwrap();
+        let reply = reply_bytes(&[], &old, new.clone()).unwrap().unwrap();
         assert_eq!(pb::Object::decode(reply.clone()).unwrap(), new);
-        let back = reply_bytes(&reply, &new, &old).unwrap().unwrap();
+        let back = reply_bytes(&reply, &new, old.clone()).unwrap().unwrap();
         assert_eq!(pb::Object::decode(back).unwrap(), old);
     }
 }

@@ -7,10 +7,12 @@
 //! - [`steps`]: built-in steps and the registry of kinds.
 //! - `pipeline`: running a hook's steps, failure policy, dry runs.
 //! - `edit`: typed changes → byte-preserving wire edits.
+//! - `parts`: which parts of the Object a hook decodes.
 //! - `table`: routing, reload, `config_data` cache.
 
 pub mod config;
 mod edit;
+mod parts;
 mod pipeline;
 pub mod step;
 pub mod steps;
@@ -18,6 +20,7 @@ mod table;
 
 pub use config::{HookConfig, HookTypeName, OnError, StepConfig, UnknownHooks};
 pub use edit::reply_bytes;
+pub use parts::ObjectParts;
 pub use pipeline::{Answer, Failure, Pipeline, fail_closed};
 pub use step::{Step, StepContext, StepError, StepOutcome};
 pub use steps::{StepKind, StepRegistry};

@@ -6,10 +6,12 @@ use std::{
     collections::BTreeMap,
     panic::AssertUnwindSafe,
     sync::{Arc, OnceLock},
+    task::Poll,
     time::Duration,
 };
 
 use prometheus_client::metrics::counter::Counter;
+use prost::Message;
 
 use bytes::Bytes;
 use futures_util::FutureExt;
@@ -17,6 +19,7 @@ use futures_util::FutureExt;
 use super::{
     config::{HookConfig, OnError},
     edit,
+    parts::ObjectParts,
     step::{Step, StepContext, StepOutcome},
     steps::StepRegistry,
 };
@@ -59,6 +62,8 @@ pub struct Pipeline {
     deadline: Duration,
     on_error: OnError,
     dry_run: bool,
+    /// What the steps (and a fail-closed answer) read or change: all that is decoded.
+    parts: ObjectParts,
     counters: OnceLock<PipelineCounters>,
 }
 
@@ -104,6 +109,13 @@ impl Pipeline {
         if !errors.is_empty() {
             return Err(errors);
         }
+        let fail_closed_parts = match hook_type {
+            HookType::Response => ObjectParts::RESPONSE,
+            _ => ObjectParts::RETURN_OVERRIDES,
+        };
+        let parts = steps
+            .iter()
+            .fold(fail_closed_parts, |parts, step| parts.union(step.parts()));
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             hook_type,
@@ -111,11 +123,27 @@ impl Pipeline {
             deadline: Duration::from_millis(config.deadline_ms),
             on_error: config.on_error,
             dry_run: config.dry_run,
+            parts,
             counters: OnceLock::new(),
         })
     }
 
-    /// Runs the steps on `object` (decoded from `original`).
+    /// The parts of `original` (an encoded Object) that the steps work on, decoded.
+    ///
+    /// # Errors
+    /// When `original` is not a valid Object, with the reason.
+    pub fn decode(&self, original: &Bytes) -> Result<pb::Object, String> {
+        if self.parts.is_all() {
+            return pb::Object::decode(original.clone()).map_err(|err| err.to_string());
+        }
+        let mut selected = Vec::with_capacity(64);
+        self.parts
+            .select(original, &mut selected)
+            .map_err(|err| err.to_string())?;
+        pb::Object::decode(selected.as_slice()).map_err(|err| err.to_string())
+    }
+
+    /// Runs the steps on `object` (decoded from `original` by [`Pipeline::decode`]).
     pub async fn run(
         &self,
         original: &Bytes,
@@ -181,12 +209,23 @@ impl Pipeline {
             }
             Ok(())
         };
-        let result = match tokio::time::timeout(self.deadline, run).await {
-            Ok(result) => result,
-            Err(_) => Err((
-                Failure::Deadline,
-                format!("steps took longer than {:?}", self.deadline),
-            )),
+        let started = tokio::time::Instant::now();
+        // Most pipelines never wait (the built-in steps are synchronous): they finish on the
+        // first poll without arming a timer. A step that waits gets the rest of the deadline.
+        let result = {
+            let mut run = std::pin::pin!(run);
+            match futures_util::poll!(run.as_mut()) {
+                Poll::Ready(result) => result,
+                Poll::Pending => {
+                    match tokio::time::timeout_at(started + self.deadline, run).await {
+                        Ok(result) => result,
+                        Err(_) => Err((
+                            Failure::Deadline,
+                            format!("steps took longer than {:?}", self.deadline),
+                        )),
+                    }
+                }
+            }
         };
         match result {
             Ok(()) if self.dry_run => {
@@ -198,7 +237,7 @@ impl Pipeline {
                     response_code: None,
                 }
             }
-            Ok(()) => self.answer(original, &before, &object, outcome),
+            Ok(()) => self.answer(original, &before, object, outcome),
             Err((failure, message)) => {
                 counters.failures[failure as usize].inc();
                 tracing::warn!(hook_name = %self.name, reason = failure.label(), error = %message, on_error = ?self.on_error, "hook failed");
@@ -211,7 +250,7 @@ impl Pipeline {
                     OnError::FailClosed => {
                         let mut failed = before.clone();
                         fail_closed(&mut failed, self.hook_type);
-                        let mut answer = self.answer(original, &before, &failed, Outcome::Failed);
+                        let mut answer = self.answer(original, &before, failed, Outcome::Failed);
                         answer.outcome = Outcome::Failed;
                         answer
                     }
@@ -247,7 +286,7 @@ impl Pipeline {
         &self,
         original: &Bytes,
         before: &pb::Object,
-        after: &pb::Object,
+        after: pb::Object,
         outcome: Outcome,
     ) -> Answer {
         let response_code = after

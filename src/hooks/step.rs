@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use super::parts::ObjectParts;
 use crate::pb::{self, HookType};
 
 /// What a step did.
@@ -80,6 +81,14 @@ pub trait Step: Send + Sync + std::fmt::Debug + 'static {
     /// [`StepOutcome::Denied`]); such steps get decision metrics.
     fn authenticates(&self) -> bool {
         false
+    }
+
+    /// The parts of the Object this step reads or changes. The server decodes only the parts
+    /// of a hook's steps; the others arrive empty, and are sent back as they came unless a step
+    /// writes to them, so list everything the step changes too (writing to a map that was not
+    /// decoded replaces the whole map). Every part unless the step says otherwise.
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::ALL
     }
 
     /// Runs on `object`, changing it in place.

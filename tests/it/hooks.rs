@@ -81,6 +81,16 @@ async fn request_steps_edit_the_object_and_keep_unknown_fields() {
         "the unknown field survives"
     );
     let reply = pb::Object::decode(reply).unwrap();
+    // The steps decode only the request fields they edit; everything else comes back as sent.
+    let mut expected = sent.clone();
+    let edited = expected.request.as_mut().unwrap();
+    edited
+        .set_headers
+        .insert("X-Team".into(), "payments".into());
+    edited.delete_headers = vec!["Authorization".into()];
+    edited.add_params.insert("version".into(), "2".into());
+    edited.url = "/v2/get".into();
+    assert_eq!(reply, expected);
     let request = reply.request.unwrap();
     assert_eq!(
         request.set_headers.get("X-Team").map(String::as_str),

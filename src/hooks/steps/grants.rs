@@ -65,7 +65,7 @@ impl Grants {
         org_id: &str,
         cache_until: i64,
     ) -> pb::SessionState {
-        let mut metadata: std::collections::HashMap<String, String> = self
+        let mut metadata: std::collections::BTreeMap<String, String> = self
             .metadata
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))

@@ -11,6 +11,7 @@ use super::settings;
 use crate::{
     hooks::{
         config::StepConfig,
+        parts::ObjectParts,
         step::{Step, StepContext, StepError, StepOutcome},
     },
     pb,
@@ -100,6 +101,10 @@ impl SetHeaders {
 
 #[async_trait::async_trait]
 impl Step for SetHeaders {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::REQUEST_HEADER_EDITS
+    }
+
     fn kind(&self) -> &str {
         "set_headers"
     }
@@ -135,6 +140,10 @@ impl DeleteHeaders {
 
 #[async_trait::async_trait]
 impl Step for DeleteHeaders {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::REQUEST_HEADER_EDITS
+    }
+
     fn kind(&self) -> &str {
         "delete_headers"
     }
@@ -191,6 +200,10 @@ impl SetResponseHeaders {
 
 #[async_trait::async_trait]
 impl Step for SetResponseHeaders {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::RESPONSE
+    }
+
     fn kind(&self) -> &str {
         "set_response_headers"
     }
@@ -228,6 +241,10 @@ impl DeleteResponseHeaders {
 
 #[async_trait::async_trait]
 impl Step for DeleteResponseHeaders {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::RESPONSE
+    }
+
     fn kind(&self) -> &str {
         "delete_response_headers"
     }

@@ -9,6 +9,7 @@ use super::settings;
 use crate::{
     hooks::{
         config::StepConfig,
+        parts::ObjectParts,
         step::{Step, StepContext, StepError, StepOutcome},
     },
     pb,
@@ -44,6 +45,10 @@ impl AddParams {
 
 #[async_trait::async_trait]
 impl Step for AddParams {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::REQUEST_PARAM_EDITS
+    }
+
     fn kind(&self) -> &str {
         "add_params"
     }
@@ -80,6 +85,10 @@ impl DeleteParams {
 
 #[async_trait::async_trait]
 impl Step for DeleteParams {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::REQUEST_PARAM_EDITS
+    }
+
     fn kind(&self) -> &str {
         "delete_params"
     }

@@ -6,6 +6,7 @@ use super::settings;
 use crate::{
     hooks::{
         config::StepConfig,
+        parts::ObjectParts,
         step::{Step, StepContext, StepError, StepOutcome},
     },
     pb,
@@ -54,6 +55,10 @@ impl RewriteUrl {
 
 #[async_trait::async_trait]
 impl Step for RewriteUrl {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::REQUEST_URL
+    }
+
     fn kind(&self) -> &str {
         "rewrite_url"
     }
@@ -109,6 +114,10 @@ impl SetMethod {
 
 #[async_trait::async_trait]
 impl Step for SetMethod {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::REQUEST_METHOD
+    }
+
     fn kind(&self) -> &str {
         "set_method"
     }
