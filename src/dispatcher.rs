@@ -4,7 +4,6 @@
 use std::{borrow::Cow, sync::Arc};
 
 use bytes::Bytes;
-use opentelemetry::KeyValue;
 use serde::Deserialize;
 use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
@@ -15,7 +14,7 @@ use crate::{
     limits::{InFlightBudget, ReplyPolicy},
     metrics::{Metrics, Outcome, Rejection},
     object_log, pb,
-    telemetry::{CallSpan, Traces},
+    telemetry::{AttrValue, CallSpan, Traces},
     wire::{self, ObjectSummary},
 };
 
@@ -56,11 +55,11 @@ fn hook_type_label(raw: i32) -> &'static str {
     pb::HookType::name_of(raw).unwrap_or("Unknown")
 }
 
-fn rpc_attributes(method: &'static str) -> [KeyValue; 3] {
+fn rpc_attributes(method: &'static str) -> [(&'static str, AttrValue<'static>); 3] {
     [
-        KeyValue::new("rpc.system", "grpc"),
-        KeyValue::new("rpc.service", pb::SERVICE_NAME),
-        KeyValue::new("rpc.method", method),
+        ("rpc.system", AttrValue::Str("grpc")),
+        ("rpc.service", AttrValue::Str(pb::SERVICE_NAME)),
+        ("rpc.method", AttrValue::Str(method)),
     ]
 }
 
@@ -91,20 +90,20 @@ impl Dispatcher {
     }
 
     fn start_span(&self, metadata: &MetadataMap, summary: &ObjectSummary<'_>) -> CallSpan {
-        let attributes = if self.traces.exporting() {
-            let mut attributes = Vec::with_capacity(7);
-            attributes.extend(rpc_attributes("Dispatch"));
-            attributes.extend([
-                KeyValue::new("tyk.hook.type", hook_type_label(summary.hook_type)),
-                KeyValue::new("tyk.hook.name", summary.hook_name.to_string()),
-                KeyValue::new("tyk.api.id", summary.api_id.unwrap_or("").to_string()),
-                KeyValue::new("tyk.org.id", summary.org_id.unwrap_or("").to_string()),
-            ]);
-            attributes
-        } else {
-            Vec::new()
-        };
-        self.traces.start(DISPATCH_SPAN, metadata, attributes)
+        let [system, service, method] = rpc_attributes("Dispatch");
+        let attributes = [
+            system,
+            service,
+            method,
+            (
+                "tyk.hook.type",
+                AttrValue::Str(hook_type_label(summary.hook_type)),
+            ),
+            ("tyk.hook.name", AttrValue::Str(summary.hook_name)),
+            ("tyk.api.id", AttrValue::Str(summary.api_id.unwrap_or(""))),
+            ("tyk.org.id", AttrValue::Str(summary.org_id.unwrap_or(""))),
+        ];
+        self.traces.start(DISPATCH_SPAN, metadata, &attributes)
     }
 
     /// Everything after the scan: budget, logs, the hook's pipeline, the reply fitted to the
@@ -256,10 +255,10 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                     exemplar,
                 );
                 if let Some(code) = answered.response_code {
-                    span.set_attribute(KeyValue::new(
+                    span.set_attribute(
                         "tyk.return_overrides.response_code",
-                        i64::from(code),
-                    ));
+                        AttrValue::Int(i64::from(code)),
+                    );
                 }
                 span.end(answered.outcome.as_str(), Code::Ok);
                 let mut response = Response::new(RawMessage::new(answered.reply));
@@ -281,14 +280,11 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
     ) -> Result<Response<RawMessage>, Status> {
         let (metadata, _, message) = request.into_parts();
         let bytes = message.into_bytes();
-        let attributes = if self.traces.exporting() {
-            rpc_attributes("DispatchEvent").to_vec()
-        } else {
-            Vec::new()
-        };
-        let mut span = self
-            .traces
-            .start(DISPATCH_EVENT_SPAN, &metadata, attributes);
+        let mut span = self.traces.start(
+            DISPATCH_EVENT_SPAN,
+            &metadata,
+            &rpc_attributes("DispatchEvent"),
+        );
         let event_type = {
             let _entered = log_span(&span).entered();
             match wire::scan_event(&bytes) {
@@ -302,10 +298,10 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                 }
             }
         };
-        span.set_attribute(KeyValue::new(
+        span.set_attribute(
             "tyk.event.type",
-            event_type.unwrap_or_else(|| "other".into()),
-        ));
+            AttrValue::Str(event_type.as_deref().unwrap_or("other")),
+        );
         span.end("unchanged", Code::Ok);
         // An empty EventReply encodes to zero bytes.
         Ok(Response::new(RawMessage::default()))

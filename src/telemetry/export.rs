@@ -1,26 +1,26 @@
-//! A batch span processor that counts what it exports and what it drops.
+//! The span queue and the task that exports it, counting what is exported and what is dropped.
 //!
-//! The SDK's batch processor keeps its drop count private; this one is small enough to own.
-//! Finished spans go into a bounded queue without blocking the call that ended them, and the
-//! export task is woken only when a batch is full (or the batch delay passes), not once per
-//! span. Exports have a timeout, so a collector that is down or slow costs only the spans that do
-//! not fit, and those are counted.
+//! Ended spans arrive already encoded (see `otlp`) and are appended to one bounded buffer
+//! without blocking the call that ended them; the export task is woken only when a batch is
+//! full (or the batch delay passes), not once per span. Exports have a timeout, so a collector
+//! that is down or slow costs only the spans that do not fit, and those are counted.
 
 use std::{
     fmt,
-    sync::{Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
-use opentelemetry_sdk::{
-    error::{OTelSdkError, OTelSdkResult},
-    trace::{SpanData, SpanExporter, SpanProcessor},
-};
 use prometheus_client::metrics::counter::Counter;
-use std::sync::Arc;
 use tokio::sync::{Notify, mpsc, oneshot};
 
-/// How the processor batches.
+use super::otlp::{RequestFrame, SCOPE_SPANS_SPAN};
+use crate::{codec::RawCodec, wire::put_len_record};
+
+/// How spans are batched.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchSettings {
     /// Spans waiting at most; more are dropped.
@@ -42,161 +42,211 @@ pub struct SpanCounters {
     pub dropped: Counter,
 }
 
+/// Where export requests go.
+#[derive(Debug)]
+pub enum Transport {
+    /// OTLP/gRPC: `TraceService/Export` with the request's bytes as they are.
+    Grpc {
+        /// The client.
+        client: tonic::client::Grpc<tonic::transport::Channel>,
+        /// Headers sent with each export.
+        metadata: tonic::metadata::MetadataMap,
+    },
+    /// OTLP/HTTP with binary protobuf.
+    Http {
+        /// The client.
+        client: reqwest::Client,
+        /// The traces URL.
+        url: String,
+        /// Headers sent with each export.
+        headers: reqwest::header::HeaderMap,
+    },
+}
+
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+impl Transport {
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+        match self {
+            Self::Grpc { client, metadata } => {
+                client
+                    .ready()
+                    .await
+                    .map_err(|err| format!("collector unreachable: {err}"))?;
+                let mut request = tonic::Request::new(crate::codec::RawMessage::new(body));
+                *request.metadata_mut() = metadata.clone();
+                client
+                    .unary(
+                        request,
+                        http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                        RawCodec,
+                    )
+                    .await
+                    .map(drop)
+                    .map_err(|status| {
+                        format!(
+                            "collector answered {:?}: {}",
+                            status.code(),
+                            status.message()
+                        )
+                    })
+            }
+            Self::Http {
+                client,
+                url,
+                headers,
+            } => {
+                let response = client
+                    .post(url.as_str())
+                    .headers(headers.clone())
+                    .header("content-type", "application/x-protobuf")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|err| format!("collector unreachable: {err}"))?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("collector answered HTTP {}", response.status()))
+                }
+            }
+        }
+    }
+}
+
 enum Control {
-    Flush(oneshot::Sender<()>),
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Finished spans waiting for export.
-#[derive(Debug)]
-struct Queue {
-    spans: Mutex<Vec<SpanData>>,
+/// Encoded spans waiting for export: `ScopeSpans.spans` records back to back, and where each
+/// one ends.
+#[derive(Debug, Default)]
+struct Pending {
+    bytes: Vec<u8>,
+    ends: Vec<usize>,
+}
+
+/// The queue ended spans go into; see the module docs.
+pub struct SpanSink {
+    pending: Mutex<Pending>,
     capacity: usize,
     batch_size: usize,
     /// Woken when a batch is full.
     batch_ready: Notify,
     /// Warn about a full queue once, not once per span.
-    warned_full: Mutex<bool>,
-}
-
-impl Queue {
-    fn take(&self) -> Vec<SpanData> {
-        let mut spans = self.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        std::mem::replace(&mut *spans, Vec::with_capacity(self.batch_size))
-    }
-}
-
-/// See the module docs.
-pub struct CountingBatchProcessor {
-    queue: Arc<Queue>,
-    control: mpsc::UnboundedSender<Control>,
+    warned_full: AtomicBool,
     counters: SpanCounters,
+    control: mpsc::UnboundedSender<Control>,
 }
 
-impl fmt::Debug for CountingBatchProcessor {
+impl fmt::Debug for SpanSink {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CountingBatchProcessor")
+        f.debug_struct("SpanSink")
+            .field("capacity", &self.capacity)
+            .field("batch_size", &self.batch_size)
             .finish_non_exhaustive()
     }
 }
 
-impl CountingBatchProcessor {
+impl SpanSink {
     /// Starts the export task on the current Tokio runtime.
-    pub fn spawn<E: SpanExporter + 'static>(
-        exporter: E,
+    pub fn spawn(
+        transport: Transport,
+        frame: RequestFrame,
         settings: BatchSettings,
         counters: SpanCounters,
-    ) -> Self {
-        let queue = Arc::new(Queue {
-            spans: Mutex::new(Vec::with_capacity(settings.batch_size)),
-            capacity: settings.queue_size,
-            batch_size: settings.batch_size,
-            batch_ready: Notify::new(),
-            warned_full: Mutex::new(false),
-        });
+    ) -> Arc<Self> {
         let (control, control_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(
-            exporter,
-            queue.clone(),
-            control_rx,
-            settings,
-            counters.clone(),
-        ));
-        Self {
-            queue,
+        let sink = Arc::new(Self {
+            pending: Mutex::new(Pending::default()),
+            capacity: settings.queue_size,
+            batch_size: settings.batch_size.max(1),
+            batch_ready: Notify::new(),
+            warned_full: AtomicBool::new(false),
+            counters: counters.clone(),
             control,
+        });
+        let exporting = Exporting {
+            transport,
+            frame,
+            settings,
             counters,
-        }
+            failing: false,
+        };
+        tokio::spawn(run(exporting, sink.clone(), control_rx));
+        sink
     }
 
-    /// Exports everything queued, waiting at most `timeout`.
-    pub async fn flush(&self, timeout: Duration) -> bool {
-        self.ask(Control::Flush, timeout).await
-    }
-
-    /// Exports everything queued and stops the exporter, waiting at most `timeout`.
-    pub async fn close(&self, timeout: Duration) -> bool {
-        self.ask(Control::Shutdown, timeout).await
-    }
-
-    async fn ask(&self, message: fn(oneshot::Sender<()>) -> Control, timeout: Duration) -> bool {
-        let (done, wait) = oneshot::channel();
-        if self.control.send(message(done)).is_err() {
-            return true;
-        }
-        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(())))
-    }
-}
-
-impl SpanProcessor for CountingBatchProcessor {
-    fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
-
-    fn on_end(&self, span: SpanData) {
-        if !span.span_context.is_sampled() {
-            return;
-        }
-        let queue = &self.queue;
-        let mut spans = queue.spans.lock().unwrap_or_else(PoisonError::into_inner);
-        if spans.len() >= queue.capacity {
-            drop(spans);
+    /// Queues one ended span (an encoded `Span` message), or counts it dropped when the queue
+    /// is full.
+    pub fn push(&self, span: &[u8]) {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.ends.len() >= self.capacity {
+            drop(pending);
             self.counters.dropped.inc();
-            let mut warned = queue
-                .warned_full
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if !*warned {
-                *warned = true;
+            if !self.warned_full.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     "span export queue full: spans are being dropped (see tyk_dispatcher_spans_dropped_total)"
                 );
             }
             return;
         }
-        spans.push(span);
-        let batch_full = spans.len() == queue.batch_size;
-        drop(spans);
+        put_len_record(&mut pending.bytes, SCOPE_SPANS_SPAN, span);
+        let end = pending.bytes.len();
+        pending.ends.push(end);
+        let batch_full = pending.ends.len().is_multiple_of(self.batch_size);
+        drop(pending);
         if batch_full {
-            queue.batch_ready.notify_one();
+            self.batch_ready.notify_one();
         }
     }
 
-    fn force_flush(&self) -> OTelSdkResult {
-        // Flushing is asynchronous here; `flush` is the awaited form.
-        let (done, _) = oneshot::channel();
-        self.control
-            .send(Control::Flush(done))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)
+    fn take(&self) -> Pending {
+        let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        let capacity = pending.bytes.capacity();
+        let spans = pending.ends.capacity();
+        std::mem::replace(
+            &mut *pending,
+            Pending {
+                bytes: Vec::with_capacity(capacity),
+                ends: Vec::with_capacity(spans),
+            },
+        )
     }
 
-    fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
-        let (done, _) = oneshot::channel();
-        self.control
-            .send(Control::Shutdown(done))
-            .map_err(|_| OTelSdkError::AlreadyShutdown)
+    /// Exports everything queued and stops the export task, waiting at most `timeout`.
+    pub async fn close(&self, timeout: Duration) -> bool {
+        let (done, wait) = oneshot::channel();
+        if self.control.send(Control::Shutdown(done)).is_err() {
+            return true;
+        }
+        matches!(tokio::time::timeout(timeout, wait).await, Ok(Ok(())))
     }
 }
 
 /// Exports batches, logging a failure once until exports recover.
-struct Exporting<E> {
-    exporter: E,
+struct Exporting {
+    transport: Transport,
+    frame: RequestFrame,
     settings: BatchSettings,
     counters: SpanCounters,
     failing: bool,
 }
 
-impl<E: SpanExporter> Exporting<E> {
-    async fn export_all(&mut self, mut spans: Vec<SpanData>) {
-        while !spans.is_empty() {
-            let rest = spans.split_off(spans.len().min(self.settings.batch_size));
-            self.export(spans).await;
-            spans = rest;
+impl Exporting {
+    async fn export_all(&mut self, pending: Pending) {
+        let mut start = 0;
+        for batch in pending.ends.chunks(self.settings.batch_size.max(1)) {
+            let end = batch[batch.len() - 1];
+            let request = self.frame.request(&pending.bytes[start..end]);
+            self.export(request, batch.len() as u64).await;
+            start = end;
         }
     }
 
-    async fn export(&mut self, spans: Vec<SpanData>) {
-        let count = spans.len() as u64;
-        match tokio::time::timeout(self.settings.export_timeout, self.exporter.export(spans)).await
-        {
+    async fn export(&mut self, request: Vec<u8>, count: u64) {
+        let sent = tokio::time::timeout(self.settings.export_timeout, self.transport.send(request));
+        match sent.await {
             Ok(Ok(())) => {
                 self.counters.exported.inc_by(count);
                 if self.failing {
@@ -209,7 +259,7 @@ impl<E: SpanExporter> Exporting<E> {
                 if !self.failing {
                     self.failing = true;
                     let reason = match outcome {
-                        Ok(Err(err)) => err.to_string(),
+                        Ok(Err(err)) => err,
                         _ => format!("no answer within {:?}", self.settings.export_timeout),
                     };
                     tracing::warn!(
@@ -223,35 +273,23 @@ impl<E: SpanExporter> Exporting<E> {
     }
 }
 
-async fn run<E: SpanExporter>(
-    exporter: E,
-    queue: Arc<Queue>,
+async fn run(
+    mut exporting: Exporting,
+    sink: Arc<SpanSink>,
     mut control: mpsc::UnboundedReceiver<Control>,
-    settings: BatchSettings,
-    counters: SpanCounters,
 ) {
-    let mut exporting = Exporting {
-        exporter,
-        settings,
-        counters,
-        failing: false,
-    };
-    let mut tick = tokio::time::interval(settings.delay);
+    let mut tick = tokio::time::interval(exporting.settings.delay);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let message = tokio::select! {
-            () = queue.batch_ready.notified() => None,
+            () = sink.batch_ready.notified() => None,
             _ = tick.tick() => None,
             message = control.recv() => Some(message),
         };
-        exporting.export_all(queue.take()).await;
+        exporting.export_all(sink.take()).await;
         match message {
             None => {}
-            Some(Some(Control::Flush(done))) => {
-                let _ = done.send(());
-            }
             Some(Some(Control::Shutdown(done))) => {
-                let _ = exporting.exporter.shutdown();
                 let _ = done.send(());
                 return;
             }

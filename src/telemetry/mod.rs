@@ -2,10 +2,12 @@
 
 mod export;
 mod logs;
+mod otlp;
 mod propagation;
 mod traces;
 
-pub use export::CountingBatchProcessor;
+pub use export::SpanSink;
 pub use logs::{LogGuard, init};
+pub use otlp::AttrValue;
 pub use propagation::{MetadataExtractor, parent_from_metadata};
 pub use traces::{CallSpan, Traces, TracesError};

@@ -2,30 +2,27 @@
 //! (`coprocess.Dispatcher/Dispatch`), child of the gateway's span when its context arrives in the
 //! metadata, exported over OTLP (gRPC or HTTP/protobuf). With export off, calls still get trace
 //! and span IDs (the caller's trace when it sent one) so log lines can be joined to traces.
+//!
+//! Spans are recorded straight into OTLP protobuf (see `otlp`): a call costs one buffer and no
+//! per-attribute allocation, which is what keeps tracing at 100% within a few percent of off.
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::Arc,
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
 
-use opentelemetry::{
-    Context, KeyValue,
-    trace::{
-        Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId,
-        TraceState, Tracer as _,
-    },
-};
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::{
-    Resource,
-    trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracer, SdkTracerProvider},
-};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use tonic::metadata::MetadataMap;
 
 use super::{
-    export::{BatchSettings, CountingBatchProcessor, SpanCounters},
+    export::{BatchSettings, SpanCounters, SpanSink, Transport},
+    otlp::{self, AttrValue, RequestFrame, span as field},
     propagation::parent_from_metadata,
 };
 use crate::{
     config::{Config, OtlpProtocol, otel::resource_attributes, parse_headers},
     metrics::Metrics,
+    wire::{put_len_prefix, put_len_record},
 };
 
 /// Tracing could not be set up.
@@ -41,67 +38,101 @@ pub enum TracesError {
     },
 }
 
+/// Which traces are recorded (`OTEL_TRACES_SAMPLER`), as the OpenTelemetry SDKs decide.
+#[derive(Debug, Clone, Copy)]
+enum Sampler {
+    AlwaysOn,
+    AlwaysOff,
+    /// Trace IDs whose low 63 bits fall under this bound.
+    Ratio(u64),
+    /// A sampled parent's decision is followed, an unsampled one's too; roots use the inner.
+    ParentBased(Root),
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Root {
+    AlwaysOn,
+    AlwaysOff,
+    Ratio(u64),
+}
+
+fn ratio_bound(ratio: f64) -> u64 {
+    // As the SDKs do: compare the trace ID's low 63 bits with ratio * 2^63.
+    (ratio.clamp(0.0, 1.0) * (1u64 << 63) as f64) as u64
+}
+
+fn under_ratio(trace_id: TraceId, bound: u64) -> bool {
+    let bytes = trace_id.to_bytes();
+    let low = u64::from_be_bytes(bytes[8..].try_into().unwrap_or_default());
+    (low >> 1) < bound
+}
+
+impl Sampler {
+    fn from_config(name: &str, ratio: Option<f64>) -> Self {
+        let bound = ratio_bound(ratio.unwrap_or(1.0));
+        match name {
+            "always_on" => Self::AlwaysOn,
+            "always_off" => Self::AlwaysOff,
+            "traceidratio" => Self::Ratio(bound),
+            "parentbased_always_off" => Self::ParentBased(Root::AlwaysOff),
+            "parentbased_traceidratio" => Self::ParentBased(Root::Ratio(bound)),
+            _ => Self::ParentBased(Root::AlwaysOn),
+        }
+    }
+
+    fn sample(self, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
+        match (self, parent) {
+            (Self::AlwaysOn, _) => true,
+            (Self::AlwaysOff, _) => false,
+            (Self::Ratio(bound), _) => under_ratio(trace_id, bound),
+            (Self::ParentBased(_), Some(parent)) => parent.is_sampled(),
+            (Self::ParentBased(Root::AlwaysOn), None) => true,
+            (Self::ParentBased(Root::AlwaysOff), None) => false,
+            (Self::ParentBased(Root::Ratio(bound)), None) => under_ratio(trace_id, bound),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct Export {
-    tracer: SdkTracer,
-    provider: SdkTracerProvider,
-    processor: Arc<CountingBatchProcessor>,
+    sink: Arc<SpanSink>,
+    sampler: Sampler,
 }
 
 /// Starts call spans; exports them when an endpoint is configured.
-#[derive(Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Traces {
     export: Option<Arc<Export>>,
-    ids: RandomIdGenerator,
 }
 
-impl std::fmt::Debug for Traces {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Traces")
-            .field("exporting", &self.export.is_some())
-            .finish()
-    }
-}
-
-fn sampler(name: &str, ratio: Option<f64>) -> Sampler {
-    let ratio = ratio.unwrap_or(1.0);
-    match name {
-        "always_on" => Sampler::AlwaysOn,
-        "always_off" => Sampler::AlwaysOff,
-        "traceidratio" => Sampler::TraceIdRatioBased(ratio),
-        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
-        "parentbased_traceidratio" => {
-            Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio)))
+fn random_trace_id() -> TraceId {
+    loop {
+        let id = TraceId::from_bytes(rand::random());
+        if id != TraceId::INVALID {
+            return id;
         }
-        _ => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
     }
 }
 
-/// A processor wrapper so the provider and our shutdown share one processor.
-#[derive(Debug)]
-struct SharedProcessor(Arc<CountingBatchProcessor>);
+fn random_span_id() -> SpanId {
+    loop {
+        let id = SpanId::from_bytes(rand::random());
+        if id != SpanId::INVALID {
+            return id;
+        }
+    }
+}
 
-impl opentelemetry_sdk::trace::SpanProcessor for SharedProcessor {
-    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &Context) {
-        self.0.on_start(span, cx);
-    }
-    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
-        self.0.on_end(span);
-    }
-    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.force_flush()
-    }
-    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
-        self.0.shutdown_with_timeout(timeout)
-    }
+fn unix_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
 impl Traces {
     /// IDs for logs, no export.
     pub fn disabled() -> Self {
-        Self {
-            export: None,
-            ids: RandomIdGenerator::default(),
-        }
+        Self::default()
     }
 
     /// Sets up export as `config` says (off without `otlp_endpoint`). Must run inside the
@@ -125,50 +156,35 @@ impl Traces {
             .map_err(error)?
             .unwrap_or_default();
         let timeout = Duration::from_millis(config.otlp_timeout_ms);
-        let mut exporter = match config.otlp_protocol {
-            OtlpProtocol::Grpc => {
-                let mut metadata = tonic::metadata::MetadataMap::new();
-                for (name, value) in &headers {
-                    let name = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
-                        .map_err(|_| error(format!("header name {name:?} is not valid")))?;
-                    let value = value
-                        .parse()
-                        .map_err(|_| error(format!("the value of header {name} is not valid")))?;
-                    metadata.insert(name, value);
-                }
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(endpoint.clone())
-                    .with_timeout(timeout)
-                    .with_metadata(metadata)
-                    .build()
-            }
+        let transport = match config.otlp_protocol {
+            OtlpProtocol::Grpc => grpc_transport(endpoint, &headers, timeout).map_err(error)?,
             OtlpProtocol::HttpProtobuf => {
-                // reqwest uses the process-wide rustls provider: ring, our only crypto backend.
-                // An error means one is installed already.
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_endpoint(endpoint.clone())
-                    .with_timeout(timeout)
-                    .with_headers(headers.into_iter().collect())
-                    .build()
+                http_transport(endpoint, &headers, timeout).map_err(error)?
             }
-        }
-        .map_err(|err| error(err.to_string()))?;
-
-        let resource = Resource::builder_empty()
-            .with_service_name(config.service_name.clone())
-            .with_attributes(
-                resource_attributes(config.resource_attributes.as_deref())
-                    .into_iter()
-                    .map(|(k, v)| KeyValue::new(k, v))
-                    .chain([KeyValue::new("service.version", env!("CARGO_PKG_VERSION"))]),
-            )
-            .build();
-        opentelemetry_sdk::trace::SpanExporter::set_resource(&mut exporter, &resource);
-        let processor = Arc::new(CountingBatchProcessor::spawn(
-            exporter,
+        };
+        let resource = resource_attributes(config.resource_attributes.as_deref());
+        // OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES, which wins
+        // over the default.
+        let service_name = resource
+            .iter()
+            .find(|(key, _)| key == "service.name")
+            .filter(|_| config.service_name == env!("CARGO_PKG_NAME"))
+            .map_or(config.service_name.as_str(), |(_, value)| value.as_str());
+        let frame = RequestFrame::new(
+            std::iter::once(("service.name", service_name))
+                .chain(
+                    resource
+                        .iter()
+                        .filter(|(key, _)| key != "service.name")
+                        .map(|(k, v)| (k.as_str(), v.as_str())),
+                )
+                .chain([("service.version", env!("CARGO_PKG_VERSION"))]),
+            env!("CARGO_PKG_NAME"),
+            env!("CARGO_PKG_VERSION"),
+        );
+        let sink = SpanSink::spawn(
+            transport,
+            frame,
             BatchSettings {
                 queue_size: config.span_queue_size,
                 batch_size: config.span_batch_size,
@@ -179,21 +195,12 @@ impl Traces {
                 exported: metrics.spans_exported.clone(),
                 dropped: metrics.spans_dropped.clone(),
             },
-        ));
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(SharedProcessor(processor.clone()))
-            .with_sampler(sampler(&config.trace_sampler, config.trace_sampler_arg))
-            .with_resource(resource)
-            .build();
-        let tracer =
-            opentelemetry::trace::TracerProvider::tracer(&provider, env!("CARGO_PKG_NAME"));
+        );
         Ok(Self {
             export: Some(Arc::new(Export {
-                tracer,
-                provider,
-                processor,
+                sink,
+                sampler: Sampler::from_config(&config.trace_sampler, config.trace_sampler_arg),
             })),
-            ids: RandomIdGenerator::default(),
         })
     }
 
@@ -202,94 +209,191 @@ impl Traces {
         self.export.is_some()
     }
 
-    /// Starts the server span of one call, child of the context in `metadata`.
+    /// Starts the server span of one call, child of the context in `metadata`, with
+    /// `attributes` (recorded only when the span is).
     pub fn start(
         &self,
         name: &'static str,
         metadata: &MetadataMap,
-        attributes: Vec<KeyValue>,
+        attributes: &[(&str, AttrValue<'_>)],
     ) -> CallSpan {
         let parent = parent_from_metadata(metadata);
-        match &self.export {
-            Some(export) => {
-                let cx = match parent {
-                    Some(parent) => Context::new().with_remote_span_context(parent),
-                    None => Context::new(),
-                };
-                let span = export
-                    .tracer
-                    .span_builder(name)
-                    .with_kind(SpanKind::Server)
-                    .with_attributes(attributes)
-                    .start_with_context(&export.tracer, &cx);
-                let context = span.span_context().clone();
-                CallSpan {
-                    span: Some(span),
-                    context,
+        let trace_id = parent
+            .as_ref()
+            .map_or_else(random_trace_id, SpanContext::trace_id);
+        let span_id = random_span_id();
+        let sampled = self
+            .export
+            .as_ref()
+            .is_some_and(|export| export.sampler.sample(parent.as_ref(), trace_id));
+        let flags = match (&self.export, &parent) {
+            (Some(_), _) if sampled => TraceFlags::SAMPLED,
+            (Some(_), _) => TraceFlags::default(),
+            // Not exporting: the caller's decision travels on in the logs.
+            (None, parent) => parent
+                .as_ref()
+                .map_or(TraceFlags::default(), SpanContext::trace_flags),
+        };
+        let recording = self.export.as_ref().filter(|_| sampled).map(|export| {
+            let mut body = Vec::with_capacity(512);
+            put_len_record(&mut body, field::TRACE_ID, &trace_id.to_bytes());
+            put_len_record(&mut body, field::SPAN_ID, &span_id.to_bytes());
+            if let Some(parent) = &parent {
+                let state = parent.trace_state().header();
+                if !state.is_empty() {
+                    put_len_record(&mut body, field::TRACE_STATE, state.as_bytes());
                 }
+                put_len_record(
+                    &mut body,
+                    field::PARENT_SPAN_ID,
+                    &parent.span_id().to_bytes(),
+                );
             }
-            None => {
-                let trace_id = parent
-                    .as_ref()
-                    .map_or_else(|| self.ids.new_trace_id(), SpanContext::trace_id);
-                let flags = parent
-                    .as_ref()
-                    .map_or(TraceFlags::default(), SpanContext::trace_flags);
-                CallSpan {
-                    span: None,
-                    context: SpanContext::new(
-                        trace_id,
-                        self.ids.new_span_id(),
-                        flags,
-                        false,
-                        TraceState::default(),
-                    ),
-                }
+            put_len_record(&mut body, field::NAME, name.as_bytes());
+            otlp::put_varint_field(&mut body, field::KIND, field::KIND_SERVER);
+            otlp::put_fixed64(&mut body, field::START_TIME, unix_nanos());
+            for (key, value) in attributes {
+                otlp::put_attribute(&mut body, field::ATTRIBUTES, key, *value);
             }
+            Recording {
+                body,
+                sink: export.sink.clone(),
+            }
+        });
+        let state = parent
+            .as_ref()
+            .map_or_else(TraceState::default, |p| p.trace_state().clone());
+        CallSpan {
+            context: SpanContext::new(trace_id, span_id, flags, false, state),
+            recording,
         }
     }
 
     /// Starts the span of one plugin step, child of the call's span (recorded only when the call
     /// is).
     pub fn start_child(&self, parent: &CallSpan, step_kind: &str) -> CallSpan {
-        match (&self.export, &parent.span) {
-            (Some(export), Some(_)) => {
-                let cx = Context::new().with_remote_span_context(parent.context.clone());
-                let span = export
-                    .tracer
-                    .span_builder(format!("step {step_kind}"))
-                    .with_kind(SpanKind::Internal)
-                    .with_attributes([KeyValue::new("tyk.step.kind", step_kind.to_string())])
-                    .start_with_context(&export.tracer, &cx);
-                let context = span.span_context().clone();
-                CallSpan {
-                    span: Some(span),
-                    context,
-                }
-            }
-            _ => CallSpan {
-                span: None,
+        let Some(parent_recording) = &parent.recording else {
+            return CallSpan {
                 context: parent.context.clone(),
-            },
+                recording: None,
+            };
+        };
+        let trace_id = parent.context.trace_id();
+        let span_id = random_span_id();
+        let mut body = Vec::with_capacity(256);
+        put_len_record(&mut body, field::TRACE_ID, &trace_id.to_bytes());
+        put_len_record(&mut body, field::SPAN_ID, &span_id.to_bytes());
+        put_len_record(
+            &mut body,
+            field::PARENT_SPAN_ID,
+            &parent.context.span_id().to_bytes(),
+        );
+        const PREFIX: &str = "step ";
+        put_len_prefix(&mut body, field::NAME, PREFIX.len() + step_kind.len());
+        body.extend_from_slice(PREFIX.as_bytes());
+        body.extend_from_slice(step_kind.as_bytes());
+        otlp::put_varint_field(&mut body, field::KIND, field::KIND_INTERNAL);
+        otlp::put_fixed64(&mut body, field::START_TIME, unix_nanos());
+        otlp::put_attribute(
+            &mut body,
+            field::ATTRIBUTES,
+            "tyk.step.kind",
+            AttrValue::Str(step_kind),
+        );
+        CallSpan {
+            context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            recording: Some(Recording {
+                body,
+                sink: parent_recording.sink.clone(),
+            }),
         }
     }
 
     /// Exports what is queued and stops exporting, waiting at most `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
-        if let Some(export) = &self.export {
-            if !export.processor.close(timeout).await {
-                tracing::warn!(?timeout, "spans still queued at exit were not exported");
-            }
-            let _ = export.provider.shutdown();
+        if let Some(export) = &self.export
+            && !export.sink.close(timeout).await
+        {
+            tracing::warn!(?timeout, "spans still queued at exit were not exported");
         }
     }
+}
+
+fn grpc_transport(
+    endpoint: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<Transport, String> {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (name, value) in headers {
+        let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        let value = value
+            .parse()
+            .map_err(|_| format!("the value of header {name} is not valid"))?;
+        metadata.insert(key, value);
+    }
+    let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
+        .map_err(|err| format!("not a valid URL: {err}"))?
+        .connect_timeout(timeout)
+        .timeout(timeout);
+    if endpoint.starts_with("https://") {
+        channel = channel
+            .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
+            .map_err(|err| format!("TLS: {err}"))?;
+    }
+    Ok(Transport::Grpc {
+        client: tonic::client::Grpc::new(channel.connect_lazy()),
+        metadata,
+    })
+}
+
+fn http_transport(
+    endpoint: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<Transport, String> {
+    // reqwest uses the process-wide rustls provider: ring, our only crypto backend. An error
+    // means one is installed already.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut map = reqwest::header::HeaderMap::new();
+    for (name, value) in headers {
+        let key = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        let value = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header {name} is not valid"))?;
+        map.insert(key, value);
+    }
+    let url = reqwest::Url::parse(endpoint).map_err(|err| format!("not a valid URL: {err}"))?;
+    let client = reqwest::Client::builder()
+        .timeout(timeout)
+        .build()
+        .map_err(|err| err.to_string())?;
+    Ok(Transport::Http {
+        client,
+        url: url.to_string(),
+        headers: map,
+    })
+}
+
+/// A span being recorded: its OTLP encoding so far, and where it goes when it ends.
+#[derive(Debug)]
+struct Recording {
+    body: Vec<u8>,
+    sink: Arc<SpanSink>,
 }
 
 /// The span of one call; ends when [`CallSpan::end`] is called or it is dropped.
 #[derive(Debug)]
 pub struct CallSpan {
-    span: Option<opentelemetry_sdk::trace::Span>,
     context: SpanContext,
+    recording: Option<Recording>,
 }
 
 impl CallSpan {
@@ -305,39 +409,47 @@ impl CallSpan {
 
     /// The trace ID as an exemplar, when the span is recorded.
     pub fn exemplar(&self) -> Option<String> {
-        self.span
+        self.recording
             .as_ref()
-            .filter(|span| span.is_recording())
             .map(|_| self.context.trace_id().to_string())
     }
 
     /// Adds an attribute when the span is recorded.
-    pub fn set_attribute(&mut self, attribute: KeyValue) {
-        if let Some(span) = &mut self.span {
-            span.set_attribute(attribute);
+    pub fn set_attribute(&mut self, key: &str, value: AttrValue<'_>) {
+        if let Some(recording) = &mut self.recording {
+            otlp::put_attribute(&mut recording.body, field::ATTRIBUTES, key, value);
         }
     }
 
     /// Ends a step's span with the step's outcome.
     pub fn end_step(mut self, outcome: &'static str) {
-        if let Some(span) = &mut self.span {
-            span.set_attribute(KeyValue::new("tyk.step.outcome", outcome));
-            if outcome == "failed" {
-                span.set_status(Status::error("step failed"));
-            }
-            span.end();
-        }
+        self.set_attribute("tyk.step.outcome", AttrValue::Str(outcome));
+        let error = (outcome == "failed").then_some("step failed");
+        self.finish(error);
     }
 
     /// Ends the span with the call's outcome and gRPC status code.
     pub fn end(mut self, outcome: &'static str, code: tonic::Code) {
-        if let Some(span) = &mut self.span {
-            span.set_attribute(KeyValue::new("tyk.dispatch.outcome", outcome));
-            span.set_attribute(KeyValue::new("rpc.grpc.status_code", code as i64));
-            if code != tonic::Code::Ok {
-                span.set_status(Status::error(code.description()));
+        self.set_attribute("tyk.dispatch.outcome", AttrValue::Str(outcome));
+        self.set_attribute("rpc.grpc.status_code", AttrValue::Int(code as i64));
+        let error = (code != tonic::Code::Ok).then(|| code.description());
+        self.finish(error);
+    }
+
+    fn finish(&mut self, error: Option<&str>) {
+        if let Some(mut recording) = self.recording.take() {
+            if let Some(message) = error {
+                otlp::put_error_status(&mut recording.body, message);
             }
-            span.end();
+            otlp::put_fixed64(&mut recording.body, field::END_TIME, unix_nanos());
+            recording.sink.push(&recording.body);
         }
+    }
+}
+
+impl Drop for CallSpan {
+    /// A call dropped before it ended (the caller went away) still has its span exported.
+    fn drop(&mut self) {
+        self.finish(None);
     }
 }
