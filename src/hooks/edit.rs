@@ -110,7 +110,7 @@ fn nested<T: Message + Default>(
 /// Applies `changes` to the message `original`: the first record of a changed field is
 /// replaced by its new records, later ones dropped; fields absent before are appended.
 fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireError> {
-    let mut out = BytesMut::with_capacity(original.len() + 64);
+    let mut out = BytesMut::with_capacity(original.len() + added_len(changes));
     // Which changes were written, by index (a message has fewer than 64 fields we know).
     let mut done: u64 = 0;
     // A nested message may arrive split over several records (protobuf merges them): gather
@@ -157,6 +157,17 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
         }
     }
     Ok(out)
+}
+
+/// At most how much `changes` add to a message (new records; longer length prefixes).
+fn added_len(changes: &[(u32, Change)]) -> usize {
+    changes
+        .iter()
+        .map(|(_, change)| match change {
+            Change::Records(bytes) => bytes.len(),
+            Change::Nested(inner) => added_len(inner) + 10,
+        })
+        .sum()
 }
 
 fn emit(
