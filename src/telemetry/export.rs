@@ -203,6 +203,11 @@ impl SpanSink {
 
     fn take(&self) -> Pending {
         let mut pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        if pending.ends.is_empty() {
+            return Pending::default();
+        }
+        // The next batch will likely be as big: keep the size, start with fresh buffers (the
+        // taken ones are exported outside the lock).
         let capacity = pending.bytes.capacity();
         let spans = pending.ends.capacity();
         std::mem::replace(
