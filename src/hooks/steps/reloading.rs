@@ -4,7 +4,10 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        Arc, Mutex, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -29,6 +32,10 @@ fn snapshot(paths: &[PathBuf]) -> Vec<Option<Vec<u8>>> {
 #[derive(Debug)]
 pub struct Reloading<T> {
     current: ArcSwap<T>,
+    /// When the files are next due for a comparison, in nanoseconds after `born`: read without
+    /// the lock, so the calls in between only load an atomic.
+    due: AtomicU64,
+    born: Instant,
     seen: Mutex<Seen>,
     /// What the value is, for log lines (`"API keys"`).
     what: &'static str,
@@ -37,8 +44,11 @@ pub struct Reloading<T> {
 impl<T> Reloading<T> {
     /// A value loaded from `files`.
     pub fn new(value: T, files: Vec<PathBuf>, what: &'static str) -> Self {
+        let born = Instant::now();
         Self {
             current: ArcSwap::from_pointee(value),
+            due: AtomicU64::new(nanos(RELOAD_EVERY)),
+            born,
             seen: Mutex::new(Seen {
                 at: Instant::now(),
                 contents: snapshot(&files),
@@ -56,11 +66,17 @@ impl<T> Reloading<T> {
     /// Compares the files (at most every [`RELOAD_EVERY`]) and, when they changed, calls `load`
     /// for the new value and the files it was made from.
     pub fn refresh(&self, load: impl FnOnce() -> Result<(T, Vec<PathBuf>), String>) {
+        let now = nanos(self.born.elapsed());
+        if now < self.due.load(Ordering::Relaxed) {
+            return;
+        }
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         if seen.at.elapsed() < RELOAD_EVERY {
             return;
         }
         seen.at = Instant::now();
+        self.due
+            .store(now.saturating_add(nanos(RELOAD_EVERY)), Ordering::Relaxed);
         let current = snapshot(&seen.files);
         if current == seen.contents {
             return;
@@ -84,5 +100,10 @@ impl<T> Reloading<T> {
     pub fn expire(&self) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
         seen.at = seen.at.checked_sub(RELOAD_EVERY).unwrap_or(seen.at);
+        self.due.store(0, Ordering::Relaxed);
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
