@@ -325,20 +325,25 @@ impl Traces {
     }
 }
 
+/// The configured export headers (`OTEL_EXPORTER_OTLP_HEADERS`), checked.
+fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
+    let mut map = http::HeaderMap::new();
+    for (name, value) in headers {
+        let key = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("header name {name:?} is not valid"))?;
+        let value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header {name} is not valid"))?;
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
 fn grpc_transport(
     endpoint: &str,
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<Transport, String> {
-    let mut metadata = tonic::metadata::MetadataMap::new();
-    for (name, value) in headers {
-        let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes())
-            .map_err(|_| format!("header name {name:?} is not valid"))?;
-        let value = value
-            .parse()
-            .map_err(|_| format!("the value of header {name} is not valid"))?;
-        metadata.insert(key, value);
-    }
+    let metadata = tonic::metadata::MetadataMap::from_headers(header_map(headers)?);
     let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
         .map_err(|err| format!("not a valid URL: {err}"))?
         .connect_timeout(timeout)
@@ -362,14 +367,7 @@ fn http_transport(
     // reqwest uses the process-wide rustls provider: ring, our only crypto backend. An error
     // means one is installed already.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut map = reqwest::header::HeaderMap::new();
-    for (name, value) in headers {
-        let key = reqwest::header::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("header name {name:?} is not valid"))?;
-        let value = reqwest::header::HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of header {name} is not valid"))?;
-        map.insert(key, value);
-    }
+    let map = header_map(headers)?;
     let url = reqwest::Url::parse(endpoint).map_err(|err| format!("not a valid URL: {err}"))?;
     let client = reqwest::Client::builder()
         .timeout(timeout)

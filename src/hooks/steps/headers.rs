@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::settings;
+use super::{delete_entries, response_of, set_entries, settings};
 use crate::{
     hooks::{
         config::StepConfig,
@@ -115,10 +115,11 @@ impl Step for SetHeaders {
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
         let request = object.request.get_or_insert_with(Default::default);
-        for (name, value) in &self.headers {
-            request.set_headers.insert(name.clone(), value.clone());
-            request.delete_headers.retain(|deleted| deleted != name);
-        }
+        set_entries(
+            &mut request.set_headers,
+            &mut request.delete_headers,
+            &self.headers,
+        );
         Ok(StepOutcome::Modified)
     }
 }
@@ -154,12 +155,11 @@ impl Step for DeleteHeaders {
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
         let request = object.request.get_or_insert_with(Default::default);
-        for name in &self.names {
-            request.set_headers.remove(name);
-            if !request.delete_headers.contains(name) {
-                request.delete_headers.push(name.clone());
-            }
-        }
+        delete_entries(
+            &mut request.set_headers,
+            &mut request.delete_headers,
+            &self.names,
+        );
         Ok(StepOutcome::Modified)
     }
 }
@@ -213,10 +213,7 @@ impl Step for SetResponseHeaders {
         object: &mut pb::Object,
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        let response = object
-            .response
-            .as_mut()
-            .ok_or_else(|| StepError::new("the Object has no response"))?;
+        let response = response_of(object)?;
         for (name, value) in &self.headers {
             set_response_header(response, name, value);
         }
@@ -254,10 +251,7 @@ impl Step for DeleteResponseHeaders {
         object: &mut pb::Object,
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        let response = object
-            .response
-            .as_mut()
-            .ok_or_else(|| StepError::new("the Object has no response"))?;
+        let response = response_of(object)?;
         let before = response.multivalue_headers.len() + response.headers.len();
         response
             .headers

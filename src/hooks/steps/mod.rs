@@ -22,12 +22,18 @@ mod reloading;
 mod respond;
 mod url;
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::Arc,
+};
 
 use serde::de::DeserializeOwned;
 
-use super::{config::StepConfig, step::Step};
-use crate::pb::HookType;
+use super::{
+    config::StepConfig,
+    step::{Step, StepError},
+};
+use crate::pb::{self, HookType};
 
 pub use headers::canonical_header_name;
 pub(crate) use respond::{replace_response, respond_to_request};
@@ -85,6 +91,37 @@ pub struct StepRegistry {
 pub fn settings<T: DeserializeOwned>(config: &StepConfig) -> Result<T, String> {
     serde_json::from_value(serde_json::Value::Object(config.settings.clone()))
         .map_err(|err| err.to_string())
+}
+
+/// Sets `entries` through a request's edit map (`set_headers`, `add_params`), taking each name
+/// off the matching deletion list (`delete_headers`, `delete_params`).
+fn set_entries(
+    map: &mut BTreeMap<String, String>,
+    deleted: &mut Vec<String>,
+    entries: &BTreeMap<String, String>,
+) {
+    for (name, value) in entries {
+        map.insert(name.clone(), value.clone());
+        deleted.retain(|d| d != name);
+    }
+}
+
+/// Puts `names` on a request's deletion list, taking them out of the matching edit map.
+fn delete_entries(map: &mut BTreeMap<String, String>, deleted: &mut Vec<String>, names: &[String]) {
+    for name in names {
+        map.remove(name);
+        if !deleted.contains(name) {
+            deleted.push(name.clone());
+        }
+    }
+}
+
+/// The response a Response-hook step works on.
+fn response_of(object: &mut pb::Object) -> Result<&mut pb::ResponseObject, StepError> {
+    object
+        .response
+        .as_mut()
+        .ok_or_else(|| StepError::new("the Object has no response"))
 }
 
 fn kind<S: Step + 'static>(

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::settings;
+use super::{delete_entries, set_entries, settings};
 use crate::{
     hooks::{
         config::StepConfig,
@@ -59,10 +59,11 @@ impl Step for AddParams {
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
         let request = object.request.get_or_insert_with(Default::default);
-        for (name, value) in &self.params {
-            request.add_params.insert(name.clone(), value.clone());
-            request.delete_params.retain(|deleted| deleted != name);
-        }
+        set_entries(
+            &mut request.add_params,
+            &mut request.delete_params,
+            &self.params,
+        );
         Ok(StepOutcome::Modified)
     }
 }
@@ -99,12 +100,11 @@ impl Step for DeleteParams {
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
         let request = object.request.get_or_insert_with(Default::default);
-        for name in &self.names {
-            request.add_params.remove(name);
-            if !request.delete_params.contains(name) {
-                request.delete_params.push(name.clone());
-            }
-        }
+        delete_entries(
+            &mut request.add_params,
+            &mut request.delete_params,
+            &self.names,
+        );
         Ok(StepOutcome::Modified)
     }
 }
