@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# The end-to-end suite: the release dispatcher behind a real Tyk Gateway, with Redis and a local
+# upstream, all on loopback. Installs redis-server (Debian) when root; finds the gateway at
+# TYK_GATEWAY_BIN, else through ../shared/tyk-gateway/install.sh. SKIP_E2E=1 skips it (never
+# under CI). Extra arguments go to pytest (e.g. -k seed).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+say() { printf '==> %s\n' "$*"; }
+missing() {
+  if [ -n "${CI:-}" ] || [ -z "${SKIP_E2E:-}" ]; then echo "e2e: missing: $*" >&2; exit 1; fi
+}
+
+if [ -n "${SKIP_E2E:-}" ]; then
+  if [ -n "${CI:-}" ]; then echo "e2e: SKIP_E2E is set under CI: the real-gateway suite must run" >&2; exit 1; fi
+  echo "SKIPPED (SKIP_E2E=1): the real-gateway suite (tests/e2e) did not run"
+  exit 0
+fi
+
+if ! command -v redis-server >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    say "installing redis-server from Debian"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-tools >/dev/null
+  else
+    missing "redis-server (sudo apt-get install redis-server)"
+  fi
+fi
+
+if [ -z "${TYK_GATEWAY_BIN:-}" ]; then
+  installer=../shared/tyk-gateway/install.sh
+  if [ -x "$installer" ]; then
+    TYK_GATEWAY_BIN=$("$installer" "$PWD/target/tyk-gateway")
+  else
+    missing "a Tyk Gateway: set TYK_GATEWAY_BIN to a tyk v5.14 binary, or provide ../shared/tyk-gateway/install.sh"
+  fi
+fi
+export TYK_GATEWAY_BIN
+"$TYK_GATEWAY_BIN" --version 2>&1 | head -1
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+  say "cargo build --release"
+  cargo build --release --locked --bin tyk-dispatcher
+fi
+
+venv=target/test-tools
+if [ ! -x "$venv/bin/python" ]; then python3 -m venv "$venv"; fi
+if ! cmp -s tests/e2e/requirements.txt "$venv/e2e-requirements.txt"; then
+  say "installing the end-to-end suite's Python packages into $venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/e2e/requirements.txt
+  cp tests/e2e/requirements.txt "$venv/e2e-requirements.txt"
+fi
+
+say "end-to-end suite: the release dispatcher behind Tyk Gateway $("$TYK_GATEWAY_BIN" --version 2>&1 | head -1)"
+cd tests/e2e
+exec "../../$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
