@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::{
     codec::RawMessage,
+    event_log,
     hooks::{Hooks, StepContext, UnknownHooks, fail_closed},
     limits::{InFlightBudget, ReplyPolicy},
     metrics::{Metrics, Outcome, Rejection},
@@ -288,7 +289,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         let event_type = {
             let _entered = log_span(&span).entered();
             match wire::scan_event(&bytes) {
-                Ok(payload) => log_event(payload, &self.metrics),
+                Ok(payload) => log_event(payload, &self.metrics, self.log.objects),
                 Err(err) => {
                     // Still answered: the gateway only logs event errors.
                     self.metrics.events_unparsable.inc();
@@ -313,8 +314,9 @@ fn decode(bytes: &Bytes) -> Result<pb::Object, Status> {
         .map_err(|err| Status::invalid_argument(format!("malformed coprocess.Object: {err}")))
 }
 
-/// The parts of an event payload we log; everything else (notably `Meta.Key`, the raw key, and
-/// `Meta.OriginatingRequest`, a dump of the request) is skipped unread.
+/// The parts of an event payload the `event` line shows; everything else (notably `Meta.Key`,
+/// the raw key, and `Meta.OriginatingRequest`, a dump of the request) is skipped unread here, and
+/// appears only redacted, with `log_objects` (see [`event_log`]).
 #[derive(Debug, Deserialize)]
 struct EventPayload<'a> {
     #[serde(borrow, default)]
@@ -337,15 +339,17 @@ struct EventSpec<'a> {
     api_id: Option<Cow<'a, str>>,
 }
 
-/// Logs and counts one event payload; returns its type.
-fn log_event(payload: &[u8], metrics: &Metrics) -> Option<String> {
+/// Logs and counts one event payload; returns its type. With `log_objects`, the payload itself
+/// follows as redacted JSON (see [`event_log`]).
+fn log_event(payload: &[u8], metrics: &Metrics, log_objects: bool) -> Option<String> {
     if payload.is_empty() {
         metrics.events_unparsable.inc();
         metrics.event(None);
         tracing::warn!(payload_bytes = 0, "event payload is empty");
         return None;
     }
-    match serde_json::from_slice::<EventPayload<'_>>(payload) {
+    let parsed = serde_json::from_slice::<EventPayload<'_>>(payload);
+    let event_type = match &parsed {
         Ok(event) => {
             let event_type = event.message.as_ref().and_then(|m| m.kind.as_deref());
             metrics.event(event_type);
@@ -364,9 +368,37 @@ fn log_event(payload: &[u8], metrics: &Metrics) -> Option<String> {
         Err(err) => {
             metrics.events_unparsable.inc();
             metrics.event(None);
-            // serde_json's message gives line and column, never the content.
-            tracing::warn!(payload_bytes = payload.len(), error = %err, "event payload is not JSON");
+            // Not serde's text: a `data` error quotes the value it choked on, e.g. a key
+            // sent where an object was expected.
+            let why = event_log::NotJson::from(err);
+            tracing::warn!(
+                payload_bytes = payload.len(),
+                error_category = why.category,
+                line = why.line,
+                column = why.column,
+                "event payload is not JSON"
+            );
             None
         }
+    };
+    if log_objects {
+        match event_log::render(payload) {
+            Ok(json) => tracing::info!(
+                event_type = event_type.as_deref().unwrap_or(""),
+                payload = %json,
+                "event payload"
+            ),
+            // Said above already, unless only the full parse refused it (nesting the typed
+            // parse skipped over).
+            Err(why) if parsed.is_ok() => tracing::warn!(
+                payload_bytes = payload.len(),
+                error_category = why.category,
+                line = why.line,
+                column = why.column,
+                "event payload could not be logged"
+            ),
+            Err(_) => {}
+        }
     }
+    event_type
 }

@@ -8,6 +8,7 @@
 //! - [`hooks`]: declarative hook pipelines, built-in steps and the step API.
 //! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
 //! - [`object_log`]: the Object as canonical JSON with secrets redacted.
+//! - [`event_log`]: event payloads as JSON with the key redacted and the request dump hashed.
 //! - [`limits`]: message size and in-flight byte budgets.
 //! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
 //! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod codec;
 pub mod config;
 pub mod dispatcher;
+pub mod event_log;
 pub mod hooks;
 pub mod lifecycle;
 pub mod limits;

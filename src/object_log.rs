@@ -34,7 +34,8 @@ pub fn is_secret_name(name: &str) -> bool {
     MARKERS.iter().any(|marker| lower.contains(marker))
 }
 
-fn body_summary(bytes: &[u8]) -> Value {
+/// `{"bytes": N, "sha256": "<hex>"}`: what stands in for a body (or a request dump).
+pub(crate) fn body_summary(bytes: &[u8]) -> Value {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
     let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
     json!({ "bytes": bytes.len(), "sha256": hex })

@@ -244,7 +244,9 @@ async fn events_are_logged_by_type_without_the_key_and_bad_ones_by_size() {
     let (grpc, _) = process.ready().await;
     let channel = connect(grpc[0].parse().unwrap()).await;
     let auth_failure = r#"{"message":{"Type":"AuthFailure","Meta":{"Message":"Key not authorised","OriginatingRequest":"R0VUIC8gSFRUUC8xLjE=","Path":"/x","Origin":"127.0.0.1","Key":"raw-key-secret"},"TimeStamp":"now"},"handler_name":"my_handler","spec":{"APIID":"api-7","OrgID":"org"}}"#;
-    for payload in [auth_failure, "definitely not json", ""] {
+    // Valid JSON of the wrong shape: serde's text would quote the string.
+    let wrong_shape = r#"{"message":"shape-secret"}"#;
+    for payload in [auth_failure, "definitely not json", wrong_shape, ""] {
         let reply = call_raw(
             channel.clone(),
             DISPATCH_EVENT,
@@ -261,19 +263,141 @@ async fn events_are_logged_by_type_without_the_key_and_bad_ones_by_size() {
     assert_eq!(event["event_type"], "AuthFailure");
     assert_eq!(event["handler_name"], "my_handler");
     assert_eq!(event["api_id"], "api-7");
-    let not_json = process
-        .wait_for_log("event payload is not JSON", Duration::from_secs(5))
-        .await;
-    assert_eq!(not_json["payload_bytes"], 19);
-    assert_eq!(not_json["level"], "WARN");
     process
         .wait_for_log("event payload is empty", Duration::from_secs(5))
         .await;
+    let not_json = process.logs("event payload is not JSON");
+    let seen: Vec<_> = not_json
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap(),
+                l["payload_bytes"].as_u64().unwrap(),
+                l["error_category"].as_str().unwrap(),
+                l["line"].as_u64().unwrap(),
+                l["column"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [("WARN", 19, "syntax", 1, 1), ("WARN", 26, "data", 1, 25)]
+    );
+    assert!(
+        not_json.iter().all(|l| l.get("error").is_none()),
+        "serde's text is not logged: {not_json:?}"
+    );
+    assert!(
+        process.logs("event payload").is_empty(),
+        "no payload without log_objects"
+    );
     let text = process.log_text();
     assert!(
-        !text.contains("raw-key-secret") && !text.contains("R0VUIC8gSFRUUC8xLjE="),
+        !text.contains("raw-key-secret")
+            && !text.contains("R0VUIC8gSFRUUC8xLjE=")
+            && !text.contains("shape-secret"),
         "{text}"
     );
+}
+
+/// What Go's `base64.StdEncoding.EncodeToString` writes (the gateway's `OriginatingRequest`).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let mut group = [0u8; 3];
+        group[..chunk.len()].copy_from_slice(chunk);
+        let n = u32::from_be_bytes([0, group[0], group[1], group[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn with_object_logging_event_payloads_are_logged_without_key_or_request() {
+    let process = Process::start(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_LOG_OBJECTS", "true"),
+        ],
+        &[],
+    );
+    let (grpc, _) = process.ready().await;
+    // What Go's `Request.Write` dumps for the request the gateway refused.
+    let request = "GET /x HTTP/1.1\r\nHost: gw.example\r\nUser-Agent: curl/8.1.2\r\nAuthorization: secretkey123\r\n\r\n";
+    let dump = base64(request.as_bytes());
+    let sha256: String = ring::digest::digest(&ring::digest::SHA256, request.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let long_path = format!("/{}", "p".repeat(3000));
+    // gateway/coprocess_events.go: the event (`message`) with its Meta, the handler's name and
+    // the API's IDs; an AuthFailure's Meta is `EventKeyFailureMeta` (gateway/event_system.go).
+    let payload = serde_json::json!({
+        "message": {
+            "Type": "AuthFailure",
+            "Meta": {
+                "Message": "Key not authorised",
+                "OriginatingRequest": dump,
+                "Path": long_path,
+                "Origin": "127.0.0.1",
+                "Key": "secretkey123",
+            },
+            "TimeStamp": "2024-05-01 10:00:00.000000001 +0000 UTC m=+1.000000001",
+        },
+        "handler_name": "cp_dynamic_handler",
+        "spec": {"APIID": "api-7", "OrgID": "org-1"},
+    })
+    .to_string();
+    call_raw(
+        connect(grpc[0].parse().unwrap()).await,
+        DISPATCH_EVENT,
+        pb::Event { payload }.encode_to_vec(),
+    )
+    .await
+    .expect("answered");
+    let line = process
+        .wait_for_log("event payload", Duration::from_secs(5))
+        .await;
+    assert_eq!(line["level"], "INFO");
+    assert_eq!(line["event_type"], "AuthFailure");
+    let logged: serde_json::Value =
+        serde_json::from_str(line["payload"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        logged,
+        serde_json::json!({
+            "message": {
+                "Type": "AuthFailure",
+                "Meta": {
+                    "Message": "Key not authorised",
+                    "OriginatingRequest": {"bytes": request.len(), "sha256": sha256},
+                    "Path": format!("/{}…[cut, 3001 bytes]", "p".repeat(1023)),
+                    "Origin": "127.0.0.1",
+                    "Key": "[REDACTED]",
+                },
+                "TimeStamp": "2024-05-01 10:00:00.000000001 +0000 UTC m=+1.000000001",
+            },
+            "handler_name": "cp_dynamic_handler",
+            "spec": {"APIID": "api-7", "OrgID": "org-1"},
+        })
+    );
+    assert_eq!(
+        process.logs("event").len(),
+        1,
+        "the event line is still there"
+    );
+    let text = process.log_text();
+    assert!(text.contains(&sha256), "{text}");
+    for secret in ["secretkey123", &dump, &base64(b"secretkey123")] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
 }
 
 #[tokio::test]

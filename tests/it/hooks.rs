@@ -244,6 +244,121 @@ async fn response_header_steps_keep_both_set_cookie_values() {
     app.shutdown().await;
 }
 
+/// An Object with `response` whose encoding carries a field unknown to our schema (99) inside
+/// the response message.
+fn response_call_bytes(object: &pb::Object, response: &pb::ResponseObject) -> Vec<u8> {
+    let mut inner = response.encode_to_vec();
+    inner.extend_from_slice(&[0x98, 0x06, 0x2a]);
+    let mut bytes = object.encode_to_vec();
+    prost::encoding::encode_key(7, prost::encoding::WireType::LengthDelimited, &mut bytes);
+    prost::encoding::encode_varint(inner.len() as u64, &mut bytes);
+    bytes.extend_from_slice(&inner);
+    bytes
+}
+
+#[tokio::test]
+async fn response_header_steps_set_or_add_several_values_of_one_name() {
+    let cookies = serde_json::json!(["a=1; Path=/", "b=2"]);
+    let app = spawn_app(config_with(|c| {
+        c.hooks = vec![
+            hook(
+                "SetCookies",
+                HookTypeName::Response,
+                vec![step(
+                    "set_response_headers",
+                    serde_json::json!({"headers": {"Set-Cookie": cookies.clone()}}),
+                )],
+            ),
+            hook(
+                "AddCookies",
+                HookTypeName::Response,
+                vec![step(
+                    "add_response_headers",
+                    serde_json::json!({"headers": {"set-cookie": cookies.clone(), "X-Added": "yes"}}),
+                )],
+            ),
+        ];
+    }))
+    .await;
+    // As the gateway builds it: every value in multivalue_headers, the first in the map.
+    let upstream = pb::ResponseObject {
+        status_code: 200,
+        raw_body: b"upstream body".to_vec().into(),
+        body: "upstream body".into(),
+        headers: [
+            ("Set-Cookie".to_string(), "up=1".to_string()),
+            ("Server".to_string(), "up".to_string()),
+        ]
+        .into(),
+        multivalue_headers: vec![
+            pb::Header {
+                key: "Set-Cookie".into(),
+                values: vec!["up=1".into(), "up=2; HttpOnly".into()],
+            },
+            pb::Header {
+                key: "Server".into(),
+                values: vec!["up".into()],
+            },
+        ],
+    };
+    let header = |key: &str, values: &[&str]| pb::Header {
+        key: key.into(),
+        values: values.iter().map(|v| v.to_string()).collect(),
+    };
+    for (name, set_cookie, map_cookie, added) in [
+        (
+            "SetCookies",
+            &["a=1; Path=/", "b=2"][..],
+            "a=1; Path=/",
+            false,
+        ),
+        (
+            "AddCookies",
+            &["up=1", "up=2; HttpOnly", "a=1; Path=/", "b=2"][..],
+            "up=1",
+            true,
+        ),
+    ] {
+        let call = object(pb::HookType::Response, name);
+        let reply = call_raw(
+            app.channel().await,
+            DISPATCH,
+            response_call_bytes(&call, &upstream),
+        )
+        .await
+        .unwrap();
+        assert!(
+            reply.windows(3).any(|w| w == [0x98, 0x06, 0x2a]),
+            "{name}: the unknown response field survives"
+        );
+        let reply = pb::Object::decode(reply).unwrap();
+        let mut expected = call.clone();
+        let mut response = upstream.clone();
+        response
+            .headers
+            .insert("Set-Cookie".into(), map_cookie.into());
+        response.multivalue_headers[0] = header("Set-Cookie", set_cookie);
+        if added {
+            response.headers.insert("X-Added".into(), "yes".into());
+            response
+                .multivalue_headers
+                .push(header("X-Added", &["yes"]));
+        }
+        expected.response = Some(response);
+        assert_eq!(reply, expected, "{name}");
+    }
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "tyk_dispatcher_step_runs_total{hook_name=\"AddCookies\",step=\"add_response_headers\",outcome=\"modified\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    app.shutdown().await;
+}
+
 /// A custom step that sleeps, or panics.
 #[derive(Debug)]
 struct Misbehave {

@@ -1,7 +1,19 @@
 //! Header steps. Request headers change through `set_headers`/`delete_headers`, which is what the
 //! gateway applies (the `headers` map it sends is read-only). Response headers are written to
 //! both `headers` and `multivalue_headers`, which the gateway rebuilds the response from, so
-//! multi-value headers such as Set-Cookie survive.
+//! multi-value headers such as Set-Cookie survive, and a step can set or add several values.
+//!
+//! How the gateway (v5.14.0, gateway/coprocess.go: `CustomMiddlewareResponseHook.HandleResponse`
+//! and `syncHeadersAndMultiValueHeaders` beside it) turns the reply into headers: it deletes every
+//! upstream header; if the returned `headers` map differs from the one it sent, it reconciles
+//! `multivalue_headers` with it (for each map entry, the entry of exactly that key gets its
+//! first value replaced by the map's value, or is added with that one value; entries whose key
+//! is not in the map are dropped); then it writes every value of every `multivalue_headers`
+//! entry with `Header.Add` (gateway/reverse_proxy.go `setCustomHeaderMultipleValues`), one
+//! header line per value. So `multivalue_headers` is what is sent, and the map only matters
+//! when it changed. The steps below therefore keep one entry per name under the same key in
+//! both views, with the map holding the entry's first value: the reconciliation is then a
+//! no-op and the entry's values are exactly the header lines sent.
 
 use std::collections::BTreeMap;
 
@@ -166,34 +178,125 @@ impl Step for DeleteHeaders {
 
 /// Sets `name` to one `value` in both response header views.
 pub(crate) fn set_response_header(response: &mut pb::ResponseObject, name: &str, value: &str) {
-    response.headers.insert(name.to_string(), value.to_string());
-    match response
+    set_response_values(response, name, std::slice::from_ref(&value.to_string()));
+}
+
+/// Makes `values` the only values of `name` (any case) in both response header views: one
+/// `multivalue_headers` entry keyed `name` (where the first old one was) and `headers[name]` =
+/// its first value (see the module docs for why). No values removes the name.
+pub(crate) fn set_response_values(
+    response: &mut pb::ResponseObject,
+    name: &str,
+    values: &[String],
+) {
+    response
+        .headers
+        .retain(|key, _| !key.eq_ignore_ascii_case(name));
+    let at = response
         .multivalue_headers
-        .iter_mut()
-        .find(|h| h.key.eq_ignore_ascii_case(name))
-    {
-        Some(header) => {
-            header.key = name.to_string();
-            header.values = vec![value.to_string()];
-        }
-        None => response.multivalue_headers.push(pb::Header {
-            key: name.to_string(),
-            values: vec![value.to_string()],
-        }),
+        .iter()
+        .position(|h| h.key.eq_ignore_ascii_case(name));
+    // Every entry of the name goes, not just the first: a second one would add its lines too.
+    response
+        .multivalue_headers
+        .retain(|h| !h.key.eq_ignore_ascii_case(name));
+    let Some(first) = values.first() else {
+        return;
+    };
+    response.headers.insert(name.to_string(), first.clone());
+    let header = pb::Header {
+        key: name.to_string(),
+        values: values.to_vec(),
+    };
+    // Entries before the first removed one were kept, so its index is still in range.
+    match at {
+        Some(index) => response.multivalue_headers.insert(index, header),
+        None => response.multivalue_headers.push(header),
     }
 }
 
-/// `set_response_headers`: `headers = { Name = "value" }` (replaces every value of the name).
+/// Appends `values` after the values `name` (any case) already has.
+fn add_response_values(response: &mut pb::ResponseObject, name: &str, values: &[String]) {
+    let mut all: Vec<String> = response
+        .multivalue_headers
+        .iter()
+        .filter(|h| h.key.eq_ignore_ascii_case(name))
+        .flat_map(|h| h.values.iter().cloned())
+        .collect();
+    if all.is_empty() {
+        // A gateway older than 5.2 sends only the map (one value per name).
+        all.extend(
+            response
+                .headers
+                .iter()
+                .find(|(key, _)| key.eq_ignore_ascii_case(name))
+                .map(|(_, value)| value.clone()),
+        );
+    }
+    all.extend_from_slice(values);
+    set_response_values(response, name, &all);
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResponseHeaderSettings {
+    headers: BTreeMap<String, serde_json::Value>,
+}
+
+/// `headers = { Name = "value", Other = ["a", "b"] }`, by Go canonical name. Errors name the
+/// header as configured.
+fn response_header_values(config: &StepConfig) -> Result<BTreeMap<String, Vec<String>>, String> {
+    let ResponseHeaderSettings { headers } = settings(config)?;
+    if headers.is_empty() {
+        return Err("needs at least one header".into());
+    }
+    let mut out: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for (name, value) in headers {
+        let values = match value {
+            serde_json::Value::String(value) => vec![value],
+            serde_json::Value::Array(items) if items.is_empty() => {
+                return Err(format!("header {name:?}: needs at least one value"));
+            }
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    serde_json::Value::String(value) => Ok(value),
+                    _ => Err(format!("header {name:?}: value {i} is not a string")),
+                })
+                .collect::<Result<_, _>>()?,
+            _ => {
+                return Err(format!(
+                    "header {name:?}: expected a string or an array of strings"
+                ));
+            }
+        };
+        let canonical = canonical_header_name(&name);
+        // Two spellings of one name would silently lose one set of values.
+        if let Some((first, _)) = out.get(&canonical) {
+            return Err(format!(
+                "header {canonical:?} is given twice ({first:?} and {name:?})"
+            ));
+        }
+        out.insert(canonical, (name, values));
+    }
+    Ok(out
+        .into_iter()
+        .map(|(canonical, (_, values))| (canonical, values))
+        .collect())
+}
+
+/// `set_response_headers`: `headers = { Name = "value" }` or `{ Name = ["a", "b"] }` (replaces
+/// every value of the name).
 #[derive(Debug)]
 pub struct SetResponseHeaders {
-    headers: BTreeMap<String, String>,
+    headers: BTreeMap<String, Vec<String>>,
 }
 
 impl SetResponseHeaders {
     pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
-        let HeaderValues { headers } = settings(config)?;
         Ok(Self {
-            headers: canonical_map(headers)?,
+            headers: response_header_values(config)?,
         })
     }
 }
@@ -214,8 +317,46 @@ impl Step for SetResponseHeaders {
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
         let response = response_of(object)?;
-        for (name, value) in &self.headers {
-            set_response_header(response, name, value);
+        for (name, values) in &self.headers {
+            set_response_values(response, name, values);
+        }
+        Ok(StepOutcome::Modified)
+    }
+}
+
+/// `add_response_headers`: like `set_response_headers`, but the values go after those the name
+/// already has (a step's Set-Cookie beside the upstream's own).
+#[derive(Debug)]
+pub struct AddResponseHeaders {
+    headers: BTreeMap<String, Vec<String>>,
+}
+
+impl AddResponseHeaders {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+        Ok(Self {
+            headers: response_header_values(config)?,
+        })
+    }
+}
+
+#[async_trait::async_trait]
+impl Step for AddResponseHeaders {
+    fn parts(&self) -> ObjectParts {
+        ObjectParts::RESPONSE
+    }
+
+    fn kind(&self) -> &str {
+        "add_response_headers"
+    }
+
+    async fn run(
+        &self,
+        object: &mut pb::Object,
+        _cx: &StepContext,
+    ) -> Result<StepOutcome, StepError> {
+        let response = response_of(object)?;
+        for (name, values) in &self.headers {
+            add_response_values(response, name, values);
         }
         Ok(StepOutcome::Modified)
     }
@@ -390,5 +531,282 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("unknown field `header`"), "{err}");
+    }
+
+    fn header(key: &str, values: &[&str]) -> pb::Header {
+        pb::Header {
+            key: key.into(),
+            values: values.iter().map(|v| v.to_string()).collect(),
+        }
+    }
+
+    /// An upstream response as the gateway sends it: the map holds each name's first value.
+    fn upstream(headers: &[pb::Header]) -> pb::Object {
+        pb::Object {
+            response: Some(pb::ResponseObject {
+                status_code: 200,
+                headers: headers
+                    .iter()
+                    .map(|h| (h.key.clone(), h.values[0].clone()))
+                    .collect(),
+                multivalue_headers: headers.to_vec(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// The header lines the gateway sends for a Response hook's reply, by canonical name: a
+    /// model of gateway/coprocess.go (v5.14.0) after the hook returns, including
+    /// `syncHeadersAndMultiValueHeaders`, then `Header.Add` of every value.
+    fn gateway_headers(
+        sent: &pb::ResponseObject,
+        reply: &pb::ResponseObject,
+    ) -> BTreeMap<String, Vec<String>> {
+        let mut multivalue = reply.multivalue_headers.clone();
+        if sent.headers != reply.headers {
+            let mut synced = Vec::new();
+            for (key, value) in &reply.headers {
+                match multivalue.iter_mut().find(|h| &h.key == key) {
+                    Some(h) => {
+                        if let Some(first) = h.values.first_mut() {
+                            first.clone_from(value);
+                        }
+                    }
+                    None => synced.push(header(key, &[value])),
+                }
+            }
+            synced.extend(
+                multivalue
+                    .into_iter()
+                    .filter(|h| reply.headers.contains_key(&h.key)),
+            );
+            multivalue = synced;
+        }
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for h in multivalue {
+            out.entry(canonical_header_name(&h.key))
+                .or_default()
+                .extend(h.values);
+        }
+        out
+    }
+
+    fn lines(pairs: &[(&str, &[&str])]) -> BTreeMap<String, Vec<String>> {
+        pairs
+            .iter()
+            .map(|(k, vs)| (k.to_string(), vs.iter().map(|v| v.to_string()).collect()))
+            .collect()
+    }
+
+    async fn run_response_step(
+        kind: &str,
+        settings: serde_json::Value,
+        object: &mut pb::Object,
+    ) -> StepOutcome {
+        let step = super::super::StepRegistry::builtin()
+            .build(&step_config(kind, settings), pb::HookType::Response)
+            .unwrap();
+        run_step(step.as_ref(), object, &cx(pb::HookType::Response)).await
+    }
+
+    #[tokio::test]
+    async fn set_response_headers_replaces_every_value_with_the_listed_ones() {
+        // Lower-case keys, as a gateway with `ignore_canonical_mime_header_key` may send.
+        let mut object = upstream(&[
+            header("set-cookie", &["up=1", "up=2"]),
+            header("Server", &["x"]),
+        ]);
+        let sent = object.response.clone().unwrap();
+        let outcome = run_response_step(
+            "set_response_headers",
+            serde_json::json!({"headers": {"Set-Cookie": ["a=1; Path=/", "b=2"]}}),
+            &mut object,
+        )
+        .await;
+        assert_eq!(outcome, StepOutcome::Modified);
+        let response = object.response.unwrap();
+        assert_eq!(
+            response.multivalue_headers,
+            vec![
+                header("Set-Cookie", &["a=1; Path=/", "b=2"]),
+                header("Server", &["x"])
+            ]
+        );
+        assert_eq!(
+            response.headers,
+            BTreeMap::from([
+                ("Server".to_string(), "x".to_string()),
+                ("Set-Cookie".to_string(), "a=1; Path=/".to_string()),
+            ])
+        );
+        assert_eq!(
+            gateway_headers(&sent, &response),
+            lines(&[("Server", &["x"]), ("Set-Cookie", &["a=1; Path=/", "b=2"])])
+        );
+    }
+
+    #[tokio::test]
+    async fn add_response_headers_appends_after_the_upstream_values() {
+        let mut object = upstream(&[
+            header("Set-Cookie", &["up=1", "up=2"]),
+            header("Server", &["x"]),
+        ]);
+        let sent = object.response.clone().unwrap();
+        let outcome = run_response_step(
+            "add_response_headers",
+            serde_json::json!({"headers": {"set-cookie": ["a=1", "b=2"], "X-New": "n"}}),
+            &mut object,
+        )
+        .await;
+        assert_eq!(outcome, StepOutcome::Modified);
+        let response = object.response.unwrap();
+        assert_eq!(
+            response.multivalue_headers,
+            vec![
+                header("Set-Cookie", &["up=1", "up=2", "a=1", "b=2"]),
+                header("Server", &["x"]),
+                header("X-New", &["n"]),
+            ]
+        );
+        assert_eq!(
+            response.headers.get("Set-Cookie").map(String::as_str),
+            Some("up=1"),
+            "the map keeps the first value, so the gateway sees it unchanged"
+        );
+        assert_eq!(
+            gateway_headers(&sent, &response),
+            lines(&[
+                ("Server", &["x"]),
+                ("Set-Cookie", &["up=1", "up=2", "a=1", "b=2"]),
+                ("X-New", &["n"]),
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn add_response_headers_matches_names_in_any_case_and_uses_the_map_alone() {
+        let mut object = upstream(&[header("x-trace", &["t1"])]);
+        run_response_step(
+            "add_response_headers",
+            serde_json::json!({"headers": {"X-Trace": "t2"}}),
+            &mut object,
+        )
+        .await;
+        let response = object.response.unwrap();
+        assert_eq!(
+            response.multivalue_headers,
+            vec![header("X-Trace", &["t1", "t2"])]
+        );
+        assert_eq!(
+            response.headers,
+            BTreeMap::from([("X-Trace".to_string(), "t1".to_string())])
+        );
+
+        // Only the map (a gateway before multivalue_headers existed).
+        let mut object = upstream(&[]);
+        let response = object.response.as_mut().unwrap();
+        response.headers.insert("Vary".into(), "Accept".into());
+        run_response_step(
+            "add_response_headers",
+            serde_json::json!({"headers": {"vary": "Origin"}}),
+            &mut object,
+        )
+        .await;
+        assert_eq!(
+            object.response.unwrap().multivalue_headers,
+            vec![header("Vary", &["Accept", "Origin"])]
+        );
+    }
+
+    #[tokio::test]
+    async fn one_string_still_sets_one_value() {
+        let mut object = upstream(&[header("Cache-Control", &["no-cache", "private"])]);
+        let sent = object.response.clone().unwrap();
+        run_response_step(
+            "set_response_headers",
+            serde_json::json!({"headers": {"cache-control": "no-store"}}),
+            &mut object,
+        )
+        .await;
+        let response = object.response.unwrap();
+        assert_eq!(
+            response.multivalue_headers,
+            vec![header("Cache-Control", &["no-store"])]
+        );
+        assert_eq!(
+            gateway_headers(&sent, &response),
+            lines(&[("Cache-Control", &["no-store"])])
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_response_the_steps_fail() {
+        let step = AddResponseHeaders::build(&step_config(
+            "add_response_headers",
+            serde_json::json!({"headers": {"a": "b"}}),
+        ))
+        .unwrap();
+        let err = step
+            .run(&mut pb::Object::default(), &cx(pb::HookType::Response))
+            .await
+            .unwrap_err();
+        assert_eq!(err.to_string(), "the Object has no response");
+    }
+
+    #[test]
+    fn response_header_settings_are_checked_and_errors_name_the_header() {
+        let registry = super::super::StepRegistry::builtin();
+        for kind in ["set_response_headers", "add_response_headers"] {
+            for (settings, expected) in [
+                (
+                    serde_json::json!({"headers": {"Set-Cookie": []}}),
+                    "header \"Set-Cookie\": needs at least one value",
+                ),
+                (
+                    serde_json::json!({"headers": {"Set-Cookie": ["a", 1]}}),
+                    "header \"Set-Cookie\": value 1 is not a string",
+                ),
+                (
+                    serde_json::json!({"headers": {"X-A": 5}}),
+                    "header \"X-A\": expected a string or an array of strings",
+                ),
+                (
+                    serde_json::json!({"headers": {"set-cookie": "a", "Set-Cookie": "b"}}),
+                    "header \"Set-Cookie\" is given twice (\"Set-Cookie\" and \"set-cookie\")",
+                ),
+                (
+                    serde_json::json!({"headers": {}}),
+                    "needs at least one header",
+                ),
+            ] {
+                let err = registry
+                    .build(&step_config(kind, settings), pb::HookType::Response)
+                    .unwrap_err();
+                assert_eq!(err, format!("step \"{kind}\": {expected}"));
+            }
+        }
+        let err = registry
+            .build(
+                &step_config(
+                    "add_response_headers",
+                    serde_json::json!({"headers": {"a": "b"}}),
+                ),
+                pb::HookType::Post,
+            )
+            .unwrap_err();
+        assert_eq!(
+            err,
+            "step \"add_response_headers\" cannot act on Post hooks (only on Response)"
+        );
+        assert_eq!(
+            AddResponseHeaders::build(&step_config(
+                "add_response_headers",
+                serde_json::json!({"headers": {"a": "b"}}),
+            ))
+            .unwrap()
+            .parts(),
+            ObjectParts::RESPONSE
+        );
     }
 }

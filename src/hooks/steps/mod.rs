@@ -8,11 +8,15 @@
 //! | `rewrite_url` | request hooks | the URL's path, by regular expression |
 //! | `set_method` | request hooks | the HTTP method |
 //! | `respond` | all | ends the request with a status, body and headers, under conditions |
-//! | `set_response_headers`, `delete_response_headers` | Response | response headers |
+//! | `set_response_headers`, `add_response_headers`, `delete_response_headers` | Response | response headers (one value or several per name) |
 //! | `api_key_auth` | CustomKeyCheck | keys from a file of SHA-256 hashes, each with grants |
 //! | `jwt_auth` | CustomKeyCheck | JWTs verified with pinned keys (file, JWKS file or JWKS URL) |
+//! | `config_data_headers` | request hooks | request headers from the API's `config_data` |
+//! | `delay` | all | waits (fault injection: deadlines and `on_error` before a real slow step) |
 
 mod api_key;
+mod config_data;
+mod fault;
 pub mod grants;
 mod headers;
 mod jwt;
@@ -158,6 +162,10 @@ impl StepRegistry {
             kind(RESPONSE_HOOK, headers::SetResponseHeaders::build),
         );
         kinds.insert(
+            "add_response_headers".to_string(),
+            kind(RESPONSE_HOOK, headers::AddResponseHeaders::build),
+        );
+        kinds.insert(
             "delete_response_headers".to_string(),
             kind(RESPONSE_HOOK, headers::DeleteResponseHeaders::build),
         );
@@ -186,6 +194,11 @@ impl StepRegistry {
             kind(AUTH_HOOK, api_key::ApiKeyAuth::build),
         );
         kinds.insert("jwt_auth".to_string(), kind(AUTH_HOOK, jwt::JwtAuth::build));
+        kinds.insert("delay".to_string(), kind(ALL_HOOKS, fault::Delay::build));
+        kinds.insert(
+            "config_data_headers".to_string(),
+            kind(REQUEST_HOOKS, config_data::ConfigDataHeaders::build),
+        );
         Self { kinds }
     }
 
