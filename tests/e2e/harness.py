@@ -291,15 +291,22 @@ class Redis:
             return s.recv(1 << 20).decode(errors="replace").split("\r\n", 1)[0]
 
     def dump(self) -> bytes:
-        """Every key and string/hash/list value, for secret-leak checks."""
-        out = subprocess.run(["redis-cli", "-p", str(self.port), "--no-raw", "--scan"], capture_output=True,
-                             timeout=10).stdout if shutil.which("redis-cli") else b""
-        chunks = [out]
-        for key in out.decode().split():
-            key = key.strip('"')
-            for cmd in (["GET", key], ["HGETALL", key], ["LRANGE", key, "0", "-1"]):
-                chunks.append(subprocess.run(["redis-cli", "-p", str(self.port), *cmd], capture_output=True,
-                                             timeout=10).stdout)
+        """Every key with its string, hash or list value (for secret-leak checks)."""
+        cli = shutil.which("redis-cli")
+        assert cli, "redis-cli is missing (apt-get install redis-tools)"
+
+        def run(*args: str) -> bytes:
+            return subprocess.run([cli, "-p", str(self.port), *args], capture_output=True, check=True,
+                                  timeout=10).stdout
+        keys = run("--scan").split()
+        chunks = [b"\n".join(keys)]
+        for key in keys:
+            kind = run("TYPE", key.decode()).strip()
+            command = {b"string": ["GET"], b"hash": ["HGETALL"], b"list": ["LRANGE"], b"set": ["SMEMBERS"],
+                       b"zset": ["ZRANGE"]}.get(kind)
+            if command:
+                extra = ["0", "-1"] if kind in (b"list", b"zset") else []
+                chunks.append(run(*command, key.decode(), *extra))
         return b"\n".join(chunks)
 
 

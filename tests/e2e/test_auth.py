@@ -9,6 +9,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import time
 
 import pytest
@@ -150,8 +151,20 @@ def test_refused_and_expired_credentials_fire_events_and_leave_no_secret(stack):
     log = stack.dispatcher.log()
     assert 'event_type="AuthFailure" handler_name="e2eEvents" api_id="authclassic"' in log, log[-3000:]
     assert 'event_type="KeyExpired" handler_name="e2eEvents" api_id="jwtapi"' in log, log[-3000:]
+    payload_lines = [line for line in log.splitlines() if "event payload" in line and "AuthFailure" in line]
+    if stack.options["log_objects"]:
+        # Seed parity: the payload itself, with the key redacted and the request dump hashed.
+        assert payload_lines, log[-3000:]
+        line = payload_lines[-1]
+        assert '"Key":"[REDACTED]"' in line, line
+        assert re.search(r'"OriginatingRequest":\{"bytes":\d+,"sha256":"[0-9a-f]{64}"\}', line), line
+        assert '"handler_name":"e2eEvents"' in line, line
+    else:
+        assert not payload_lines, payload_lines
     assert_no_secret(log, "the dispatcher's log")
-    assert_no_secret(stack.redis.dump(), "Redis")
+    dump = stack.redis.dump()
+    assert b"apikey-" in dump, "no session in Redis: the leak check would prove nothing"
+    assert_no_secret(dump, "Redis")
 
 
 def assert_no_secret(text: str | bytes, where: str) -> None:

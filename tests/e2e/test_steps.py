@@ -55,6 +55,20 @@ kind = "delete_response_headers"
 names = ["X-Upstream"]
 
 [[hooks]]
+name = "e2eCookiesAdd"
+type = "Response"
+[[hooks.steps]]
+kind = "add_response_headers"
+headers = { Set-Cookie = ["plugin1=x; Path=/; HttpOnly", "plugin2=y; Path=/"] }
+
+[[hooks]]
+name = "e2eCookiesSet"
+type = "Response"
+[[hooks.steps]]
+kind = "set_response_headers"
+headers = { Set-Cookie = ["only1=x; Path=/", "only2=y; Path=/"], X-Single = "one" }
+
+[[hooks]]
 name = "e2eRewrite"
 type = "Pre"
 [[hooks.steps]]
@@ -122,6 +136,8 @@ def apis(upstream: str) -> list[dict]:
         c("allhooks", "/allhooks/", upstream, pre=["e2ePre"], auth_check="e2eAuth", post_key_auth=["e2ePostAuth"],
           post=["e2ePost"], response=["e2eResponse"], config_data={"team": "payments", "limits": {"tier": 3}}),
         c("rewrite", "/rewrite/", upstream, pre=["e2eRewrite"]),
+        c("cookiesadd", "/cookies-add/", upstream, response=["e2eCookiesAdd"]),
+        c("cookiesset", "/cookies-set/", upstream, response=["e2eCookiesSet"]),
         c("method", "/method/", upstream, pre=["e2eMethod"]),
         c("respond", "/respond/", upstream, pre=["e2eRespond"]),
         c("respondresponse", "/respond-response/", upstream, response=["e2eRespondResponse"]),
@@ -173,6 +189,21 @@ def test_all_five_hook_types_edit_one_request_in_order(stack):
                             ("Post", "e2ePost"), ("Response", "e2eResponse")):
         delta = dispatch_count(after, hook_type, name, "modified") - dispatch_count(before, hook_type, name, "modified")
         assert delta == 1, f"{hook_type} {name}: {delta} modified calls"
+
+
+def test_a_step_adds_cookies_beside_the_upstreams_own(stack):
+    reply = stack.gateway.request("GET", "/cookies-add/cookies")
+    assert reply.status == 200, reply
+    assert sorted(reply.header_values("Set-Cookie")) == sorted([
+        "upstream1=a; Path=/", "upstream2=b; Path=/", "plugin1=x; Path=/; HttpOnly", "plugin2=y; Path=/"])
+
+
+def test_a_step_replaces_the_upstreams_cookies_when_configured_so(stack):
+    reply = stack.gateway.request("GET", "/cookies-set/cookies")
+    assert reply.status == 200, reply
+    assert sorted(reply.header_values("Set-Cookie")) == ["only1=x; Path=/", "only2=y; Path=/"]
+    assert reply.header_values("X-Single") == ["one"]
+    assert reply.header("X-Upstream") == "e2e", "headers the step does not name are kept"
 
 
 def test_rewrite_url_changes_the_upstream_path(stack):
