@@ -413,16 +413,17 @@ class Gateway:
         self.env = genv
         self.proc = Proc(name, [str(tools.gateway), "--conf", str(self.conf_path)], workdir / f"{name}.log",
                          env=genv, cwd=workdir)
-        wait_until("gateway /hello", self._hello, 30)
+        # /hello answers before the APIs are loaded; /ready only once they are.
+        wait_until("gateway /ready", self._ready, 30)
         for oas in oas_apis:
             self.add_oas(oas)
         if oas_apis:
             self.reload()
 
-    def _hello(self) -> bool:
+    def _ready(self) -> bool:
         if not self.proc.alive():
             raise AssertionError(f"gateway exited {self.proc.popen.returncode}:\n{self.proc.tail()}")
-        return get_text(f"http://127.0.0.1:{self.port}/hello", 1)[0] == 200
+        return get_text(f"http://127.0.0.1:{self.port}/ready", 1)[0] == 200
 
     def admin(self, method: str, path: str, body: Any = None) -> Reply:
         data = json.dumps(body).encode() if body is not None else None
