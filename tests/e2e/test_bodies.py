@@ -58,11 +58,10 @@ def test_response_bodies_reach_the_client_byte_identical(stack, kind):
         assert harness.sha256(reply.body) == harness.sha256(payload(size, kind)), f"{size} bytes of {kind}"
 
 
+@pytest.mark.parametrize("stack", ["default"], indirect=True)
 def test_utf8_bodies_lose_their_duplicate_strings_to_fit_the_default_limit(stack):
     """A 3 MiB JSON body arrives twice (`body` and `raw_body`): 6 MiB, over the gateway's 4 MiB
     default. The reply drops the `body` strings the gateway never reads, and fits."""
-    if stack.limits != "default":
-        pytest.skip("only the default limit forces the drop")
     before = harness.metric(stack.dispatcher.metrics(), "tyk_dispatcher_reply_body_strings_dropped_total")
     body = payload(3 * MIB, "json")
     reply = stack.gateway.request("POST", "/bodies/upload", body=body, headers={"Content-Type": "application/json"})
@@ -72,9 +71,8 @@ def test_utf8_bodies_lose_their_duplicate_strings_to_fit_the_default_limit(stack
     assert after - before == 2
 
 
+@pytest.mark.parametrize("stack", ["default"], indirect=True)
 def test_a_body_over_the_default_receive_limit_fails_with_both_sizes_logged(stack):
-    if stack.limits != "default":
-        pytest.skip("the raised limit lets 5 MiB through")
     body = payload(5 * MIB, "binary")
     reply = stack.gateway.request("POST", "/bodies/upload", body=body)
     assert reply.status == 500, reply

@@ -69,6 +69,12 @@ kind = "set_response_headers"
 headers = { Set-Cookie = ["only1=x; Path=/", "only2=y; Path=/"], X-Single = "one" }
 
 [[hooks]]
+name = "e2eLog"
+type = "Post"
+[[hooks.steps]]
+kind = "log"
+
+[[hooks]]
 name = "e2eRewrite"
 type = "Pre"
 [[hooks.steps]]
@@ -139,6 +145,7 @@ def apis(upstream: str) -> list[dict]:
         c("cookiesadd", "/cookies-add/", upstream, response=["e2eCookiesAdd"]),
         c("cookiesset", "/cookies-set/", upstream, response=["e2eCookiesSet"]),
         c("method", "/method/", upstream, pre=["e2eMethod"]),
+        c("logged", "/logged/", upstream, post=["e2eLog"]),
         c("respond", "/respond/", upstream, pre=["e2eRespond"]),
         c("respondresponse", "/respond-response/", upstream, response=["e2eRespondResponse"]),
         c("dryrun", "/dryrun/", upstream, pre=["e2eDryRun"]),
@@ -204,6 +211,22 @@ def test_a_step_replaces_the_upstreams_cookies_when_configured_so(stack):
     assert sorted(reply.header_values("Set-Cookie")) == ["only1=x; Path=/", "only2=y; Path=/"]
     assert reply.header_values("X-Single") == ["one"]
     assert reply.header("X-Upstream") == "e2e", "headers the step does not name are kept"
+
+
+def test_the_log_step_logs_the_object_redacted_and_changes_nothing(stack):
+    secret = "Bearer log-step-secret-123"
+    reply = stack.gateway.request("POST", "/logged/thing?token=query-secret-456", body=b"logged body",
+                                  headers={"Authorization": secret, "X-Visible": "shown"})
+    assert reply.status == 200, reply
+    assert reply.json()["headers"]["Authorization"] == [secret], "the request went on unchanged"
+    time.sleep(0.2)
+    lines = [line for line in stack.dispatcher.log().splitlines() if '"hookName":"e2eLog"' in line]
+    assert lines, stack.dispatcher.log()[-2000:]
+    line = lines[-1]
+    assert '"X-Visible":"shown"' in line, line
+    assert '"Authorization":"[REDACTED]"' in line, line
+    assert "log-step-secret-123" not in line and "query-secret-456" not in line, line
+    assert f'"rawBody":{{"bytes":11,"sha256":"{harness.sha256(b"logged body")}"}}' in line, line
 
 
 def test_rewrite_url_changes_the_upstream_path(stack):
