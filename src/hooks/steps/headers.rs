@@ -286,67 +286,43 @@ fn response_header_values(config: &StepConfig) -> Result<BTreeMap<String, Vec<St
         .collect())
 }
 
-/// `set_response_headers`: `headers = { Name = "value" }` or `{ Name = ["a", "b"] }` (replaces
-/// every value of the name).
+/// `set_response_headers` and `add_response_headers`: `headers = { Name = "value" }` or
+/// `{ Name = ["a", "b"] }`. `set_` replaces every value of the name; `add_` puts the values after
+/// those the name already has (a step's Set-Cookie beside the upstream's own).
 #[derive(Debug)]
-pub struct SetResponseHeaders {
+pub struct ResponseHeaders {
     headers: BTreeMap<String, Vec<String>>,
+    append: bool,
 }
 
-impl SetResponseHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+impl ResponseHeaders {
+    pub(super) fn build_set(config: &StepConfig) -> Result<Self, String> {
         Ok(Self {
             headers: response_header_values(config)?,
+            append: false,
+        })
+    }
+
+    pub(super) fn build_add(config: &StepConfig) -> Result<Self, String> {
+        Ok(Self {
+            headers: response_header_values(config)?,
+            append: true,
         })
     }
 }
 
 #[async_trait::async_trait]
-impl Step for SetResponseHeaders {
+impl Step for ResponseHeaders {
     fn parts(&self) -> ObjectParts {
         ObjectParts::RESPONSE
     }
 
     fn kind(&self) -> &str {
-        "set_response_headers"
-    }
-
-    async fn run(
-        &self,
-        object: &mut pb::Object,
-        _cx: &StepContext,
-    ) -> Result<StepOutcome, StepError> {
-        let response = response_of(object)?;
-        for (name, values) in &self.headers {
-            set_response_values(response, name, values);
+        if self.append {
+            "add_response_headers"
+        } else {
+            "set_response_headers"
         }
-        Ok(StepOutcome::Modified)
-    }
-}
-
-/// `add_response_headers`: like `set_response_headers`, but the values go after those the name
-/// already has (a step's Set-Cookie beside the upstream's own).
-#[derive(Debug)]
-pub struct AddResponseHeaders {
-    headers: BTreeMap<String, Vec<String>>,
-}
-
-impl AddResponseHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
-        Ok(Self {
-            headers: response_header_values(config)?,
-        })
-    }
-}
-
-#[async_trait::async_trait]
-impl Step for AddResponseHeaders {
-    fn parts(&self) -> ObjectParts {
-        ObjectParts::RESPONSE
-    }
-
-    fn kind(&self) -> &str {
-        "add_response_headers"
     }
 
     async fn run(
@@ -355,8 +331,13 @@ impl Step for AddResponseHeaders {
         _cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
         let response = response_of(object)?;
+        let edit = if self.append {
+            add_response_values
+        } else {
+            set_response_values
+        };
         for (name, values) in &self.headers {
-            add_response_values(response, name, values);
+            edit(response, name, values);
         }
         Ok(StepOutcome::Modified)
     }
@@ -484,7 +465,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let set = SetResponseHeaders::build(&step_config(
+        let set = ResponseHeaders::build_set(&step_config(
             "set_response_headers",
             serde_json::json!({"headers": {"x-frame-options": "DENY"}}),
         ))
@@ -742,7 +723,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_response_the_steps_fail() {
-        let step = AddResponseHeaders::build(&step_config(
+        let step = ResponseHeaders::build_add(&step_config(
             "add_response_headers",
             serde_json::json!({"headers": {"a": "b"}}),
         ))
@@ -800,7 +781,7 @@ mod tests {
             "step \"add_response_headers\" cannot act on Post hooks (only on Response)"
         );
         assert_eq!(
-            AddResponseHeaders::build(&step_config(
+            ResponseHeaders::build_add(&step_config(
                 "add_response_headers",
                 serde_json::json!({"headers": {"a": "b"}}),
             ))

@@ -159,11 +159,11 @@ impl StepRegistry {
         );
         kinds.insert(
             "set_response_headers".to_string(),
-            kind(RESPONSE_HOOK, headers::SetResponseHeaders::build),
+            kind(RESPONSE_HOOK, headers::ResponseHeaders::build_set),
         );
         kinds.insert(
             "add_response_headers".to_string(),
-            kind(RESPONSE_HOOK, headers::AddResponseHeaders::build),
+            kind(RESPONSE_HOOK, headers::ResponseHeaders::build_add),
         );
         kinds.insert(
             "delete_response_headers".to_string(),
