@@ -10,7 +10,7 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 use crate::{
     admin,
     config::Sources,
-    config::{Config, ListenAddr, Problems},
+    config::{Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Problem, Problems},
     dispatcher::{Dispatcher, LogSettings},
     hooks::{HookTable, Hooks, StepKind, StepRegistry},
     lifecycle::Lifecycle,
@@ -19,34 +19,96 @@ use crate::{
     metrics::{Metrics, MetricsSettings},
     pb,
     server::{self, ConnectionServer},
-    telemetry::{Traces, TracesError},
-    tls::{ReloadingConfig, TlsError, TlsFiles},
+    telemetry::Traces,
+    tls::{ReloadingConfig, TlsFiles},
 };
 
-/// Why the server could not start.
+/// Why the server could not start (or stopped on its own).
+///
+/// Messages carry their cause in full and no variant reports it again as `source()`, so
+/// printing the chain cannot repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    /// The configuration is invalid.
+    /// The configuration is invalid: values, hooks, TLS files, trace export settings.
     #[error(transparent)]
     Config(#[from] Problems),
-    /// A listener could not be bound.
+    /// A listener could not be bound; the ones bound before it are closed again.
     #[error(transparent)]
     Bind(#[from] BindError),
-    /// TLS files are unusable.
-    #[error("TLS: {0}")]
-    Tls(#[from] TlsError),
     /// The reflection descriptors are broken (a build defect).
     #[error("reflection: {0}")]
-    Reflection(#[from] tonic_reflection::server::Error),
-    /// Hooks could not be built.
-    #[error("hooks: {}", .0.join("; "))]
-    Hooks(Vec<String>),
-    /// Trace export could not be set up.
-    #[error(transparent)]
-    Traces(#[from] TracesError),
+    Reflection(tonic_reflection::server::Error),
     /// The admin server failed.
     #[error("admin server: {0}")]
     Admin(std::io::Error),
+}
+
+impl AppError {
+    /// The process exit code for this error: [`EXIT_CONFIG`] for configuration, [`EXIT_BIND`]
+    /// for a listener, 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Self::Config(_) => EXIT_CONFIG,
+            Self::Bind(_) => EXIT_BIND,
+            Self::Reflection(_) | Self::Admin(_) => 1,
+        }
+    }
+}
+
+/// What a configuration builds into before anything binds, with every problem found on the way.
+struct Prepared {
+    problems: Vec<Problem>,
+    hooks: Option<HookTable>,
+    tls: Option<Arc<ReloadingConfig>>,
+}
+
+/// The TLS files the listeners would use, when there are TLS listeners.
+fn tls_files(config: &Config) -> Option<TlsFiles> {
+    match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) if !config.tls_listen.is_empty() => Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: config.tls_client_ca.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Validates `config`, builds its hooks, loads its TLS files and checks its trace export: all
+/// that can refuse a start short of binding, so `check-config` and the server agree.
+fn prepare(config: &Config, registry: &StepRegistry) -> Prepared {
+    let mut problems = config.validate().err().map(|p| p.0).unwrap_or_default();
+    // A setting already reported (say, a file that does not exist) is not tried again: the
+    // second message would repeat the first.
+    let reported = |problems: &[Problem], keys: &[&str]| {
+        problems.iter().any(|p| keys.contains(&p.key.as_str()))
+    };
+    let hooks = HookTable::build(&config.hooks, config.unknown_hooks, registry)
+        .map_err(|found| problems.extend(found))
+        .ok();
+    let mut tls = None;
+    if !reported(
+        &problems,
+        &["tls_cert", "tls_key", "tls_client_ca", "tls_listen"],
+    ) && let Some(files) = tls_files(config)
+    {
+        match ReloadingConfig::load(files.clone()) {
+            Ok(loaded) => tls = Some(loaded),
+            Err(err) => problems.push(files.problem(&err)),
+        }
+    }
+    if !reported(
+        &problems,
+        &["otlp_endpoint", "otlp_headers", "otlp_protocol"],
+    ) && let Err(err) = Traces::check(config)
+    {
+        problems.push(err.problem());
+    }
+    Prepared {
+        problems,
+        hooks,
+        tls,
+    }
 }
 
 /// A server with every listener bound, ready to run.
@@ -89,43 +151,50 @@ impl AppBuilder {
         self
     }
 
-    /// Checks that the configured hooks build with this builder's steps.
+    /// Checks everything that could refuse a start short of binding a port: every value, the
+    /// hooks with this builder's steps, the TLS files (readable, and the key belongs to the
+    /// certificate), trace export settings.
     ///
     /// # Errors
-    /// Every problem found, one message each.
-    pub fn check_hooks(&self) -> Result<(), Vec<String>> {
-        HookTable::build(
-            &self.config.hooks,
-            self.config.unknown_hooks,
-            &self.registry,
-        )
-        .map(drop)
+    /// Every problem found, keyed by setting.
+    pub fn check(&self) -> Result<(), Problems> {
+        let Prepared { problems, .. } = prepare(&self.config, &self.registry);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems))
+        }
     }
 
-    /// Validates the config, builds the hooks, loads TLS files and binds every listener.
+    /// Validates the config, builds the hooks, loads TLS files and binds every listener (the
+    /// admin port first); if one cannot be bound, those bound before it are closed again.
     ///
     /// # Errors
-    /// Invalid config or hooks, unusable TLS files, or an address that cannot be bound.
+    /// [`AppError::Config`] with every problem of the config, hooks and TLS files, or
+    /// [`AppError::Bind`] for an address that cannot be bound.
     pub async fn build(self) -> Result<App, AppError> {
         let Self {
             config,
             registry,
             reload,
         } = self;
-        config.validate()?;
-        let registry = Arc::new(registry);
-        let hooks = Hooks::new(
-            HookTable::build(&config.hooks, config.unknown_hooks, &registry)
-                .map_err(AppError::Hooks)?,
-            registry,
-        );
+        let Prepared {
+            problems,
+            hooks,
+            tls,
+        } = prepare(&config, &registry);
+        let hooks = match hooks {
+            Some(table) if problems.is_empty() => Hooks::new(table, Arc::new(registry)),
+            _ => return Err(Problems(problems).into()),
+        };
         let metrics = Metrics::new(MetricsSettings {
             duration_buckets: config.metrics_duration_buckets.clone(),
             label_cap: config.metrics_label_cap,
             api_label: config.metrics_api_label,
         });
         hooks.current().prepare_metrics(&metrics);
-        let traces = Traces::from_config(&config, &metrics)?;
+        let traces =
+            Traces::from_config(&config, &metrics).map_err(|err| Problems(vec![err.problem()]))?;
         let lifecycle = Lifecycle::default();
         let dispatcher = Dispatcher::new(
             LogSettings {
@@ -138,7 +207,7 @@ impl AppBuilder {
             traces.clone(),
             hooks.clone(),
         );
-        let (routes, health) = server::routes(&config, dispatcher)?;
+        let (routes, health) = server::routes(&config, dispatcher).map_err(AppError::Reflection)?;
         // Not serving until every listener is up.
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -147,21 +216,18 @@ impl AppBuilder {
             .set_service_status(pb::SERVICE_NAME, ServingStatus::NotServing)
             .await;
 
-        let tls = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) if !config.tls_listen.is_empty() => {
-                Some(ReloadingConfig::load(TlsFiles {
-                    cert: cert.clone(),
-                    key: key.clone(),
-                    client_ca: config.tls_client_ca.clone(),
-                })?)
-            }
-            _ => None,
-        };
         let options = BindOptions {
             reuse_port: config.reuse_port,
             // Validated above.
             unix_mode: config.unix_socket_mode_bits().unwrap_or(0o660),
         };
+        // The admin port first: when it is taken, no gRPC port or socket file was made. On any
+        // failure the listeners bound so far are dropped on return, which closes them and
+        // removes the socket files they created.
+        let admin_addr = config
+            .admin_addr()
+            .map_err(address_problem("admin_listen"))?;
+        let admin = bind_admin(&admin_addr)?;
         let mut grpc = Vec::new();
         for addr in config.listen_addrs().map_err(address_problem("listen"))? {
             grpc.extend(
@@ -181,10 +247,6 @@ impl AppBuilder {
                     .map(|l| (l, tls.clone())),
             );
         }
-        let admin_addr = config
-            .admin_addr()
-            .map_err(address_problem("admin_listen"))?;
-        let admin = bind_admin(&admin_addr)?;
         let connections =
             ConnectionServer::new(&config, routes, lifecycle.clone(), metrics.clone());
         Ok(App {
@@ -388,7 +450,7 @@ fn bind_admin(addr: &ListenAddr) -> Result<Vec<TcpListener>, BindError> {
             Listener::Tcp(listener) => Ok(listener),
             Listener::Unix(..) => Err(BindError {
                 addr: addr.to_string(),
-                source: std::io::Error::new(
+                reason: std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
                     "the admin port must be TCP",
                 ),

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     App, AppBuilder,
+    app::AppError,
     config::{self, CliOverrides, Loaded, Problems, Sources},
     lifecycle, telemetry,
 };
@@ -37,36 +38,70 @@ pub enum Command {
     CheckConfig,
 }
 
+/// Why [`main`] stopped early.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    /// The app could not start, or its admin server failed.
+    #[error(transparent)]
+    App(#[from] AppError),
+    /// Log output could not be set up.
+    #[error("logs: {0}")]
+    Logs(String),
+    /// The async runtime could not be made.
+    #[error("runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
 /// Runs the command line: parse flags, load config, start logging, serve until a signal, drain,
 /// exit. `customize` registers custom steps on the builder (the plain binary passes it as is).
+///
+/// Exit codes: 0 after a clean stop, [`config::EXIT_CONFIG`] (78) for any configuration
+/// problem, [`config::EXIT_BIND`] (71) when a listener cannot be bound, 1 otherwise.
 pub fn main(customize: impl FnOnce(AppBuilder) -> AppBuilder) -> ExitCode {
     let cli = Cli::parse();
     let sources = Sources::from_process(cli.config.clone(), cli.overrides.clone());
+    // RUST_LOG is configuration too: checked with the rest, before anything starts.
+    let log_filter = telemetry::log_filter().err();
     let loaded = match config::load(&sources) {
         Ok(loaded) => loaded,
-        Err(Problems(problems)) => {
-            for problem in problems {
-                eprintln!("config error: {problem}");
-            }
-            return ExitCode::from(config::EXIT_CONFIG);
+        Err(Problems(mut problems)) => {
+            problems.extend(log_filter);
+            return config_errors(Problems(problems));
         }
     };
     let builder = customize(App::builder(loaded.config.clone()));
     if matches!(cli.command, Some(Command::CheckConfig)) {
         return check_config(&loaded, &builder);
     }
+    if let Some(problem) = log_filter {
+        return config_errors(Problems(vec![problem]));
+    }
     match run(&loaded, builder.reload_from(sources)) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(RunError::App(AppError::Config(problems))) => config_errors(problems),
         Err(err) => {
-            eprintln!("error: {err:#}");
-            ExitCode::FAILURE
+            // Display only: each message already holds its cause, once.
+            eprintln!("error: {err}");
+            ExitCode::from(match &err {
+                RunError::App(err) => err.exit_code(),
+                RunError::Logs(_) | RunError::Runtime(_) => 1,
+            })
         }
     }
 }
 
-fn run(loaded: &Loaded, builder: AppBuilder) -> anyhow::Result<()> {
+/// Prints one `config error: <key>: <problem>` line per problem.
+fn config_errors(Problems(problems): Problems) -> ExitCode {
+    for problem in problems {
+        eprintln!("config error: {problem}");
+    }
+    ExitCode::from(config::EXIT_CONFIG)
+}
+
+fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
     let config = &loaded.config;
-    let _logs = telemetry::init(config.log_format)?;
+    let _logs =
+        telemetry::init(config.log_format).map_err(|err| RunError::Logs(err.to_string()))?;
     for note in &loaded.notes {
         tracing::warn!("{note}");
     }
@@ -74,27 +109,26 @@ fn run(loaded: &Loaded, builder: AppBuilder) -> anyhow::Result<()> {
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads);
     }
-    let runtime = runtime.enable_all().build()?;
+    let runtime = runtime.enable_all().build().map_err(RunError::Runtime)?;
     runtime.block_on(async {
         let app = builder.build().await?;
         let stop = CancellationToken::new();
         tokio::spawn(lifecycle::stop_on_signals(stop.clone()));
-        app.run_until_stopped(stop).await?;
-        anyhow::Ok(())
+        app.run_until_stopped(stop).await
     })?;
     // Let connection tasks wind down without blocking exit.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())
 }
 
-/// Prints the effective configuration as TOML, with notes as warnings on stderr; hooks are
-/// checked with the builder's steps.
+/// Prints the effective configuration as TOML, with notes as warnings on stderr; or, when
+/// anything would refuse the start (hooks with the builder's steps, TLS files, trace export
+/// included), every problem, exiting 78. Only a port that is taken goes unnoticed.
 pub fn check_config(loaded: &Loaded, builder: &AppBuilder) -> ExitCode {
-    if let Err(problems) = builder.check_hooks() {
-        for problem in problems {
-            eprintln!("config error: hooks: {problem}");
-        }
-        return ExitCode::from(crate::config::EXIT_CONFIG);
+    let mut problems = builder.check().err().map(|p| p.0).unwrap_or_default();
+    problems.extend(telemetry::log_filter().err());
+    if !problems.is_empty() {
+        return config_errors(Problems(problems));
     }
     for note in &loaded.notes {
         eprintln!("warning: {note}");

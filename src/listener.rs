@@ -17,15 +17,15 @@ use crate::config::{Host, ListenAddr};
 /// Connections waiting to be accepted, per listener.
 const BACKLOG: i32 = 1024;
 
-/// A listener could not be bound.
+/// A listener could not be bound. The message holds the system's reason; it is not also the
+/// error's `source()`, so printing the chain cannot repeat it.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {addr}: {source}")]
+#[error("cannot listen on {addr}: {reason}")]
 pub struct BindError {
     /// The address as configured.
     pub addr: String,
     /// The system's reason.
-    #[source]
-    pub source: io::Error,
+    pub reason: io::Error,
 }
 
 /// How to bind.
@@ -105,9 +105,9 @@ fn bind_tcp(
     options: &BindOptions,
     shown: &str,
 ) -> Result<Vec<Listener>, BindError> {
-    let error = |source| BindError {
+    let error = |reason| BindError {
         addr: shown.to_string(),
-        source,
+        reason,
     };
     match host {
         Host::Ip(IpAddr::V6(ip)) if ip.is_unspecified() => {
@@ -211,9 +211,9 @@ pub fn bind(addr: &ListenAddr, options: &BindOptions) -> Result<Vec<Listener>, B
         ListenAddr::Tcp { host, port } => bind_tcp(*host, *port, options, &addr.to_string()),
         ListenAddr::Unix(path) => bind_unix(path, options)
             .map(|listener| vec![listener])
-            .map_err(|source| BindError {
+            .map_err(|reason| BindError {
                 addr: addr.to_string(),
-                source,
+                reason,
             }),
     }
 }

@@ -69,18 +69,16 @@ pub async fn watch(
 /// # Errors
 /// Every problem of the new configuration.
 pub fn reload(sources: &Sources, hooks: &Hooks, metrics: &Metrics) -> Result<usize, Vec<String>> {
-    let loaded = config::load(sources).map_err(|problems| {
-        problems
-            .0
-            .iter()
-            .map(ToString::to_string)
-            .collect::<Vec<_>>()
-    })?;
+    let texts = |problems: Vec<config::Problem>| -> Vec<String> {
+        problems.iter().map(ToString::to_string).collect()
+    };
+    let loaded = config::load(sources).map_err(|problems| texts(problems.0))?;
     let table = HookTable::build(
         &loaded.config.hooks,
         loaded.config.unknown_hooks,
         hooks.registry(),
-    )?;
+    )
+    .map_err(texts)?;
     let count = loaded.config.hooks.len();
     table.prepare_metrics(metrics);
     hooks.replace(table);

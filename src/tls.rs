@@ -19,16 +19,21 @@ use rustls::{
 };
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Problem;
+
 /// A TLS configuration problem, naming the file.
+///
+/// Each message carries its cause in full, and no variant also reports it as `source()`: a
+/// printer that walks the chain would repeat it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// A file could not be read.
-    #[error("cannot read {path}: {source}")]
+    #[error("cannot read {path}: {reason}")]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// A PEM file held nothing usable.
     #[error("{path}: {what}")]
@@ -39,14 +44,14 @@ pub enum TlsError {
         what: String,
     },
     /// rustls refused the combination (e.g. key does not match certificate).
-    #[error("certificate {cert} with key {key}: {source}")]
+    #[error("certificate {cert} with key {key}: {reason}")]
     Config {
         /// Certificate file.
         cert: PathBuf,
         /// Key file.
         key: PathBuf,
         /// rustls's reason.
-        source: rustls::Error,
+        reason: rustls::Error,
     },
     /// The client CA bundle could not build a verifier.
     #[error("client CA {path}: {what}")]
@@ -70,9 +75,9 @@ pub struct TlsFiles {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
+    std::fs::read(path).map_err(|reason| TlsError::Read {
         path: path.to_path_buf(),
-        source,
+        reason,
     })
 }
 
@@ -107,6 +112,49 @@ impl TlsFiles {
         Ok(all)
     }
 
+    /// Checks that the files make a server configuration, as the server will at start.
+    ///
+    /// # Errors
+    /// The problem, keyed by the setting of the file at fault.
+    pub fn check(&self) -> Result<(), Problem> {
+        self.server_config()
+            .map(drop)
+            .map_err(|err| self.problem(&err))
+    }
+
+    /// `err` as a configuration problem: under the key of the file at fault, with the key and
+    /// certificate named when they do not belong together.
+    pub fn problem(&self, err: &TlsError) -> Problem {
+        let key_of = |path: &Path| {
+            if path == self.key {
+                "tls_key"
+            } else if Some(path) == self.client_ca.as_deref() {
+                "tls_client_ca"
+            } else {
+                "tls_cert"
+            }
+        };
+        match err {
+            TlsError::Read { path, .. } | TlsError::Pem { path, .. } => {
+                Problem::new(key_of(path), err.to_string())
+            }
+            TlsError::ClientCa { .. } => Problem::new("tls_client_ca", err.to_string()),
+            TlsError::Config {
+                cert,
+                key,
+                reason: rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch),
+            } => Problem::new(
+                "tls_key",
+                format!(
+                    "the key in {} does not match the certificate in {}",
+                    key.display(),
+                    cert.display()
+                ),
+            ),
+            TlsError::Config { .. } => Problem::new("tls_cert", err.to_string()),
+        }
+    }
+
     /// Builds a server configuration from the files.
     ///
     /// # Errors
@@ -121,10 +169,10 @@ impl TlsFiles {
             .map_err(|err| pem_error(&self.key, format!("no usable private key: {err}")))?;
         let builder = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-            .map_err(|source| TlsError::Config {
+            .map_err(|reason| TlsError::Config {
                 cert: self.cert.clone(),
                 key: self.key.clone(),
-                source,
+                reason,
             })?;
         let builder = match (&self.client_ca, contents.get(2)) {
             (Some(path), Some(pem)) => {
@@ -149,10 +197,10 @@ impl TlsFiles {
         let mut config =
             builder
                 .with_single_cert(chain, key)
-                .map_err(|source| TlsError::Config {
+                .map_err(|reason| TlsError::Config {
                     cert: self.cert.clone(),
                     key: self.key.clone(),
-                    source,
+                    reason,
                 })?;
         // gRPC is HTTP/2 only.
         config.alpn_protocols = vec![b"h2".to_vec()];

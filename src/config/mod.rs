@@ -17,6 +17,9 @@ pub use sources::{CliOverrides, Loaded, Sources, load};
 
 /// Exit code for configuration errors (sysexits' EX_CONFIG).
 pub const EXIT_CONFIG: u8 = 78;
+/// Exit code when a listener cannot be bound (sysexits' EX_OSERR: the system refused, e.g. the
+/// port is taken).
+pub const EXIT_BIND: u8 = 71;
 
 /// Where the gRPC server listens when nothing else says.
 pub const DEFAULT_LISTEN: &str = "[::]:50051";

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use figment::{
-    Figment,
+    Figment, Metadata, Profile, Provider,
     providers::{Format, Serialized, Toml},
-    value::{Dict, Value},
+    value::{Dict, Map, Value},
 };
 use serde::Serialize;
 
@@ -274,21 +274,77 @@ fn known_env_names() -> String {
     names.join(", ")
 }
 
+/// Names of the layers that are not files, as problems cite them.
+const ENV_LAYER: &str = "environment";
+const FLAGS_LAYER: &str = "command-line flags";
+const OTEL_LAYER: &str = "OTEL_* variables";
+
+/// A layer of settings under a name of our choosing: figment's own providers for values built in
+/// code cite the Rust source line that added them (`src/config/sources.rs:…`), which means
+/// nothing to an operator.
+struct Layer<P> {
+    name: &'static str,
+    inner: P,
+}
+
+impl<P: Provider> Provider for Layer<P> {
+    fn metadata(&self) -> Metadata {
+        Metadata::named(self.name)
+    }
+
+    fn data(&self) -> Result<Map<Profile, Dict>, figment::Error> {
+        self.inner.data()
+    }
+}
+
+fn layer<T: Serialize>(name: &'static str, value: T) -> Layer<Serialized<T>> {
+    Layer {
+        name,
+        inner: Serialized::defaults(value),
+    }
+}
+
+/// A figment path as a key path: `hooks[0].steps[1].kind`.
+pub(crate) fn key_path<'a>(segments: impl IntoIterator<Item = &'a str>) -> String {
+    let mut path = String::new();
+    for segment in segments {
+        if !segment.is_empty() && segment.bytes().all(|b| b.is_ascii_digit()) {
+            path.push('[');
+            path.push_str(segment);
+            path.push(']');
+        } else {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(segment);
+        }
+    }
+    path
+}
+
+/// Where a bad value came from, in the terms the operator used to set it.
+fn origin(meta: &Metadata, key: &str) -> String {
+    let top = key.split(['.', '[']).next().unwrap_or(key);
+    match (&meta.source, meta.name.as_ref()) {
+        (Some(figment::Source::File(path)), _) => format!(" (from {})", path.display()),
+        (_, ENV_LAYER) => format!(" (from {ENV_PREFIX}{})", top.to_uppercase()),
+        (_, FLAGS_LAYER) => format!(" (from --{})", top.replace('_', "-")),
+        (_, name) => format!(" (from {name})"),
+    }
+}
+
 fn figment_problems(err: figment::Error) -> Vec<Problem> {
     err.into_iter()
         .map(|err| {
             let key = if err.path.is_empty() {
                 "config".to_string()
             } else {
-                err.path.join(".")
+                key_path(err.path.iter().map(String::as_str))
             };
             let origin = err
                 .metadata
                 .as_ref()
-                .map(|meta| match &meta.source {
-                    Some(source) => format!(" (from {source})"),
-                    None => format!(" (from {})", meta.name),
-                })
+                .map(|meta| origin(meta, &key))
                 .unwrap_or_default();
             Problem::new(key, format!("{}{origin}", err.kind))
         })
@@ -314,8 +370,8 @@ pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
             Value::from(attributes.1.clone()),
         );
     }
-    let mut figment = Figment::from(Serialized::defaults(Config::default()))
-        .merge(Serialized::defaults(otel_layer));
+    let mut figment =
+        Figment::from(layer("defaults", Config::default())).merge(layer(OTEL_LAYER, otel_layer));
     if let Some(path) = &file {
         if path.is_file() {
             figment = figment.merge(Toml::file_exact(path));
@@ -330,8 +386,8 @@ pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
         }
     }
     figment = figment
-        .merge(Serialized::defaults(env_dict))
-        .merge(Serialized::defaults(&sources.cli));
+        .merge(layer(ENV_LAYER, env_dict))
+        .merge(layer(FLAGS_LAYER, &sources.cli));
 
     let gateway =
         GatewayOptions::from_env(sources.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -507,6 +563,25 @@ mod tests {
         assert!(
             text.contains("/nonexistent/dispatcher.toml does not exist"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn problems_name_the_key_path_and_the_setting_the_operator_used() {
+        assert_eq!(
+            key_path(["hooks", "2", "steps", "1", "kind"]),
+            "hooks[2].steps[1].kind"
+        );
+        let sources = Sources {
+            env: env(&[("TYK_DISPATCHER_DRAIN_DELAY_SECS", "soon")]),
+            ..Sources::default()
+        };
+        let Problems(problems) = load(&sources).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "drain_delay_secs");
+        assert_eq!(
+            problems[0].message,
+            "invalid type: found string \"soon\", expected u64 (from TYK_DISPATCHER_DRAIN_DELAY_SECS)"
         );
     }
 

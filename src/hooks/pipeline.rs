@@ -24,6 +24,7 @@ use super::{
     steps::StepRegistry,
 };
 use crate::{
+    config::Problem,
     metrics::{Metrics, Outcome, STEP_OUTCOMES, StepCounters},
     pb::{self, HookType},
     telemetry::{CallSpan, Traces},
@@ -89,25 +90,23 @@ impl Pipeline {
     /// Builds the steps of `config`.
     ///
     /// # Errors
-    /// One message per step that cannot be built, naming hook and step.
-    pub fn build(config: &HookConfig, registry: &StepRegistry) -> Result<Self, Vec<String>> {
+    /// One problem per step that cannot be built, keyed within the hook (`steps[1]`,
+    /// `deadline_ms`); [`HookTable::build`](super::HookTable::build) puts `hooks[i].` before.
+    pub fn build(config: &HookConfig, registry: &StepRegistry) -> Result<Self, Vec<Problem>> {
         let hook_type = HookType::from(config.hook_type);
         let mut steps = Vec::new();
-        let mut errors = Vec::new();
+        let mut problems = Vec::new();
         for (i, step) in config.steps.iter().enumerate() {
             match registry.build(step, hook_type) {
                 Ok(step) => steps.push(step),
-                Err(err) => errors.push(format!("hook {:?} step {}: {err}", config.name, i + 1)),
+                Err(err) => problems.push(Problem::new(format!("steps[{i}]"), err)),
             }
         }
         if config.deadline_ms == 0 {
-            errors.push(format!(
-                "hook {:?}: deadline_ms must be above 0",
-                config.name
-            ));
+            problems.push(Problem::new("deadline_ms", "must be above 0"));
         }
-        if !errors.is_empty() {
-            return Err(errors);
+        if !problems.is_empty() {
+            return Err(problems);
         }
         let fail_closed_parts = match hook_type {
             HookType::Response => ObjectParts::RESPONSE,

@@ -8,6 +8,8 @@ use std::{
 
 use arc_swap::ArcSwap;
 
+use crate::config::Problem;
+
 use super::{
     config::{HookConfig, UnknownHooks},
     pipeline::Pipeline,
@@ -31,19 +33,21 @@ impl HookTable {
     /// Builds every pipeline of `configs`.
     ///
     /// # Errors
-    /// Every problem found, one message each.
+    /// Every problem found, keyed by where it is in the config (`hooks[2].steps[1]`).
     pub fn build(
         configs: &[HookConfig],
         unknown: UnknownHooks,
         registry: &StepRegistry,
-    ) -> Result<Self, Vec<String>> {
+    ) -> Result<Self, Vec<Problem>> {
         let mut by_type: HashMap<i32, ByName> = HashMap::new();
-        let mut errors = Vec::new();
-        for config in configs {
+        let mut problems = Vec::new();
+        for (index, config) in configs.iter().enumerate() {
             let pipeline = match Pipeline::build(config, registry) {
                 Ok(pipeline) => Arc::new(pipeline),
                 Err(found) => {
-                    errors.extend(found);
+                    problems.extend(found.into_iter().map(|problem| {
+                        Problem::new(format!("hooks[{index}].{}", problem.key), problem.message)
+                    }));
                     continue;
                 }
             };
@@ -57,16 +61,19 @@ impl HookTable {
                     || api_ids.iter().any(|id| config.api_ids.contains(id))
             });
             if overlaps {
-                errors.push(format!(
-                    "hook {:?} ({:?}) is declared twice for the same APIs",
-                    config.name, config.hook_type
+                problems.push(Problem::new(
+                    format!("hooks[{index}]"),
+                    format!(
+                        "hook {:?} ({:?}) is declared twice for the same APIs",
+                        config.name, config.hook_type
+                    ),
                 ));
                 continue;
             }
             entries.push((config.api_ids.clone(), pipeline));
         }
-        if !errors.is_empty() {
-            return Err(errors);
+        if !problems.is_empty() {
+            return Err(problems);
         }
         Ok(Self {
             by_type,
@@ -227,15 +234,14 @@ mod tests {
             &StepRegistry::builtin(),
         )
         .unwrap_err();
+        let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
         assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(
-            errors.iter().any(|e| e.contains("declared twice")),
-            "{errors:?}"
+        assert_eq!(
+            errors[0],
+            "hooks[1]: hook \"h\" (Pre) is declared twice for the same APIs"
         );
         assert!(
-            errors
-                .iter()
-                .any(|e| e.starts_with("hook \"b\" step 2: unknown step kind")),
+            errors[1].starts_with("hooks[2].steps[1]: unknown step kind \"nope\""),
             "{errors:?}"
         );
     }

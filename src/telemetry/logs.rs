@@ -6,7 +6,7 @@ use std::io::IsTerminal;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
-use crate::config::LogFormat;
+use crate::config::{LogFormat, Problem};
 
 /// Keeps the log writer alive; dropping it flushes what is buffered.
 #[derive(Debug)]
@@ -15,16 +15,28 @@ pub struct LogGuard {
     _writer: WorkerGuard,
 }
 
+/// The level filter `RUST_LOG` asks for (default `info`).
+///
+/// # Errors
+/// A problem keyed `RUST_LOG` when it does not parse: configuration like any other.
+pub fn log_filter() -> Result<EnvFilter, Problem> {
+    match std::env::var("RUST_LOG") {
+        Ok(value) if !value.trim().is_empty() => EnvFilter::try_new(&value).map_err(|err| {
+            Problem::new(
+                "RUST_LOG",
+                format!("{value:?} is not a valid filter: {err}"),
+            )
+        }),
+        _ => Ok(EnvFilter::new("info")),
+    }
+}
+
 /// Installs the global subscriber.
 ///
 /// # Errors
 /// When `RUST_LOG` does not parse or a subscriber is already installed.
 pub fn init(format: LogFormat) -> anyhow::Result<LogGuard> {
-    let filter = match std::env::var("RUST_LOG") {
-        Ok(value) if !value.trim().is_empty() => EnvFilter::try_new(&value)
-            .map_err(|err| anyhow::anyhow!("RUST_LOG: {value:?} is not a valid filter: {err}"))?,
-        _ => EnvFilter::new("info"),
-    };
+    let filter = log_filter()?;
     // Lossless: a full buffer slows logging down rather than dropping lines.
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

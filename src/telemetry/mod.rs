@@ -7,7 +7,7 @@ mod propagation;
 mod traces;
 
 pub use export::SpanSink;
-pub use logs::{LogGuard, init};
+pub use logs::{LogGuard, init, log_filter};
 pub use otlp::AttrValue;
 pub use propagation::{MetadataExtractor, parent_from_metadata};
 pub use traces::{CallSpan, Traces, TracesError};

@@ -20,7 +20,7 @@ use super::{
     propagation::parent_from_metadata,
 };
 use crate::{
-    config::{Config, OtlpProtocol, otel::resource_attributes, parse_headers},
+    config::{Config, OtlpProtocol, Problem, otel::resource_attributes, parse_headers},
     metrics::Metrics,
     wire::{put_len_prefix, put_len_record},
 };
@@ -36,6 +36,17 @@ pub enum TracesError {
         /// Why.
         reason: String,
     },
+}
+
+impl TracesError {
+    /// The error as a configuration problem.
+    pub fn problem(&self) -> Problem {
+        match self {
+            Self::Exporter { endpoint, reason } => {
+                Problem::new("otlp_endpoint", format!("{endpoint}: {reason}"))
+            }
+        }
+    }
 }
 
 /// Which traces are recorded (`OTEL_TRACES_SAMPLER`), as the OpenTelemetry SDKs decide.
@@ -133,6 +144,34 @@ impl Traces {
     /// IDs for logs, no export.
     pub fn disabled() -> Self {
         Self::default()
+    }
+
+    /// Checks that the exporter `config` describes can be built, without building it (no
+    /// runtime needed: `check-config` runs outside one).
+    ///
+    /// # Errors
+    /// What [`Traces::from_config`] would refuse.
+    pub fn check(config: &Config) -> Result<(), TracesError> {
+        let Some(endpoint) = &config.otlp_endpoint else {
+            return Ok(());
+        };
+        let error = |reason: String| TracesError::Exporter {
+            endpoint: endpoint.clone(),
+            reason,
+        };
+        let headers = config
+            .otlp_headers
+            .as_deref()
+            .map(parse_headers)
+            .transpose()
+            .map_err(error)?
+            .unwrap_or_default();
+        let timeout = Duration::from_millis(config.otlp_timeout_ms);
+        match config.otlp_protocol {
+            OtlpProtocol::Grpc => grpc_endpoint(endpoint, &headers, timeout).map(drop),
+            OtlpProtocol::HttpProtobuf => http_transport(endpoint, &headers, timeout).map(drop),
+        }
+        .map_err(error)
     }
 
     /// Sets up export as `config` says (off without `otlp_endpoint`). Must run inside the
@@ -338,11 +377,12 @@ fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
     Ok(map)
 }
 
-fn grpc_transport(
+/// The gRPC endpoint and metadata, checked; making the channel needs a runtime, this does not.
+fn grpc_endpoint(
     endpoint: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Result<Transport, String> {
+) -> Result<(tonic::transport::Endpoint, MetadataMap), String> {
     let metadata = tonic::metadata::MetadataMap::from_headers(header_map(headers)?);
     let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
         .map_err(|err| format!("not a valid URL: {err}"))?
@@ -353,6 +393,15 @@ fn grpc_transport(
             .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
             .map_err(|err| format!("TLS: {err}"))?;
     }
+    Ok((channel, metadata))
+}
+
+fn grpc_transport(
+    endpoint: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<Transport, String> {
+    let (channel, metadata) = grpc_endpoint(endpoint, headers, timeout)?;
     Ok(Transport::Grpc {
         client: tonic::client::Grpc::new(channel.connect_lazy()),
         metadata,

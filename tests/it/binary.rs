@@ -446,3 +446,202 @@ async fn without_ipv6_the_any_address_falls_back_to_ipv4_with_a_warning() {
         200
     );
 }
+
+/// Waits for the process to exit and returns its code with everything it wrote to stderr.
+async fn exit_and_stderr(process: &mut Process) -> (Option<i32>, String) {
+    let code = process.wait_exit(Duration::from_secs(10)).await;
+    // stderr is read by a thread; give it a moment after exit.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stderr = process.stderr.lock().unwrap().clone();
+    (code, stderr)
+}
+
+/// A loopback port nothing listens on (free when this returns).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn hook_problems_at_start_are_config_errors_named_by_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n\
+         [[hooks]]\nname = \"A\"\ntype = \"Pre\"\n\
+         [[hooks.steps]]\nkind = \"set_headers\"\nheaders = { X-A = \"1\" }\n\
+         [[hooks.steps]]\nkind = \"set_headers\"\nheaders = {}\n\
+         [[hooks]]\nname = \"B\"\ntype = \"Pre\"\ndeadline_ms = 0\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_binary(&[], &["--config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(stdout.is_empty(), "nothing served: {stdout}");
+    assert_eq!(
+        stderr.lines().collect::<Vec<_>>(),
+        [
+            "config error: hooks[0].steps[1]: step \"set_headers\": needs at least one header",
+            "config error: hooks[1].deadline_ms: must be above 0",
+        ],
+        "{stderr}"
+    );
+}
+
+#[test]
+fn hook_values_of_the_wrong_shape_are_named_by_key_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &file,
+        "[[hooks]]\nname = \"A\"\ntype = \"Pre\"\n[[hooks]]\nname = \"B\"\ntype = \"Sometimes\"\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_binary(&[], &["check-config", "--config", file.to_str().unwrap()]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.starts_with("config error: hooks[1].type: unknown variant: found `Sometimes`"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("src/"), "{stderr}");
+}
+
+#[test]
+fn check_config_refuses_a_key_that_is_not_the_certificates() {
+    let first = tempfile::tempdir().unwrap();
+    let second = tempfile::tempdir().unwrap();
+    let (_, cert, _) = write_server_cert(first.path(), "ca-1");
+    let (_, _, key) = write_server_cert(second.path(), "ca-2");
+    let (code, stdout, stderr) = run_binary(
+        &[
+            ("TYK_DISPATCHER_TLS_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_TLS_CERT", cert.to_str().unwrap()),
+            ("TYK_DISPATCHER_TLS_KEY", key.to_str().unwrap()),
+        ],
+        &["check-config"],
+    );
+    assert_eq!(code, Some(78), "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "config error: tls_key: the key in {} does not match the certificate in {}\n",
+            key.display(),
+            cert.display()
+        )
+    );
+}
+
+#[test]
+fn check_config_refuses_tls_files_that_cannot_be_read() {
+    let pki = make_pki();
+    // A directory exists, so only reading it fails (root reads a mode-000 file anyway).
+    let (code, stdout, stderr) = run_binary(
+        &[
+            ("TYK_DISPATCHER_TLS_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_TLS_CERT", pki.server_cert.to_str().unwrap()),
+            ("TYK_DISPATCHER_TLS_KEY", pki.server_key.to_str().unwrap()),
+            (
+                "TYK_DISPATCHER_TLS_CLIENT_CA",
+                pki.dir.path().to_str().unwrap(),
+            ),
+        ],
+        &["check-config"],
+    );
+    assert_eq!(code, Some(78), "{stdout}{stderr}");
+    assert_eq!(
+        stderr,
+        format!(
+            "config error: tls_client_ca: cannot read {}: Is a directory (os error 21)\n",
+            pki.dir.path().display()
+        )
+    );
+}
+
+#[tokio::test]
+async fn a_busy_admin_port_exits_71_leaving_no_grpc_port_or_socket_behind() {
+    let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let admin_addr = admin.local_addr().unwrap().to_string();
+    let grpc_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dispatcher.sock");
+    let listen = format!("127.0.0.1:{grpc_port},unix://{}", socket.display());
+    let mut process = Process::start(
+        &[
+            ("TYK_DISPATCHER_LISTEN", &listen),
+            ("TYK_DISPATCHER_ADMIN_LISTEN", &admin_addr),
+        ],
+        &[],
+    );
+    let (code, stderr) = exit_and_stderr(&mut process).await;
+    assert_eq!(code, Some(71), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("error: cannot listen on {admin_addr}: Address already in use (os error 98)\n")
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", grpc_port)).is_ok(),
+        "the gRPC port is free again"
+    );
+    assert!(!socket.exists(), "no socket file left behind");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[tokio::test]
+async fn a_listener_that_cannot_bind_closes_those_bound_before_it() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let grpc_port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("dispatcher.sock");
+    let listen = format!(
+        "unix://{},127.0.0.1:{grpc_port},{busy_addr}",
+        socket.display()
+    );
+    let mut process = Process::start(&[("TYK_DISPATCHER_LISTEN", &listen)], &[]);
+    let (code, stderr) = exit_and_stderr(&mut process).await;
+    assert_eq!(code, Some(71), "{stderr}");
+    assert_eq!(
+        stderr,
+        format!("error: cannot listen on {busy_addr}: Address already in use (os error 98)\n")
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", grpc_port)).is_ok(),
+        "the gRPC port bound first is free again"
+    );
+    assert!(!socket.exists(), "the socket file made first is removed");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn each_cause_is_told_once_and_no_message_cites_source_code() {
+    for (env, args, value, expected) in [
+        (
+            &[("TYK_DISPATCHER_MAX_RECV_BYTES", "lots")][..],
+            &[][..],
+            "lots",
+            (
+                "config error: max_recv_bytes: ",
+                " (from TYK_DISPATCHER_MAX_RECV_BYTES)",
+            ),
+        ),
+        (
+            &[],
+            &["--log-format", "xml"],
+            "xml",
+            ("config error: log_format: ", " (from --log-format)"),
+        ),
+    ] {
+        let (code, _, stderr) = run_binary(env, args);
+        assert_eq!(code, Some(78), "{stderr}");
+        assert!(!stderr.contains("src/"), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert_eq!(stderr.matches(value).count(), 1, "{stderr}");
+        assert!(
+            stderr.starts_with(expected.0) && stderr.trim_end().ends_with(expected.1),
+            "{stderr}"
+        );
+    }
+}

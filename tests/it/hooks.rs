@@ -652,15 +652,17 @@ fn check_config_refuses_bad_hooks_with_clear_messages() {
     let (code, _, stderr) = run_binary(&[], &["check-config", "--config", file.to_str().unwrap()]);
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
-        stderr.contains("hook \"A\" step 1: step \"set_response_headers\" cannot act on Pre hooks"),
+        stderr.contains(
+            "config error: hooks[0].steps[0]: step \"set_response_headers\" cannot act on Pre hooks"
+        ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("hook \"A\" step 2: step \"rewrite_url\": bad pattern \"(\""),
+        stderr.contains("config error: hooks[0].steps[1]: step \"rewrite_url\": bad pattern \"(\""),
         "{stderr}"
     );
     assert!(
-        stderr.contains("hook \"A\" step 3: unknown step kind \"bogus\""),
+        stderr.contains("config error: hooks[0].steps[2]: unknown step kind \"bogus\""),
         "{stderr}"
     );
 }
