@@ -9,6 +9,7 @@ use tonic::{Code, Request, Response, Status, metadata::MetadataMap};
 use tracing::Instrument;
 
 use crate::{
+    bounds::{self, WarnLimit},
     codec::RawMessage,
     event_log,
     hooks::{Hooks, StepContext, UnknownHooks, fail_closed},
@@ -33,10 +34,24 @@ pub struct LogSettings {
     pub objects: bool,
 }
 
+/// One rate limit per kind of per-call warning: a burst of bad calls writes a line a second
+/// per kind, each saying how many were suppressed before it.
+#[derive(Debug, Default)]
+struct Warnings {
+    refused: WarnLimit,
+    malformed: WarnLimit,
+    unrecognised_hook_type: WarnLimit,
+    object_not_loggable: WarnLimit,
+    malformed_event: WarnLimit,
+    empty_event: WarnLimit,
+    event_not_json: WarnLimit,
+}
+
 /// The Dispatcher service.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
     log: LogSettings,
+    warnings: Arc<Warnings>,
     budget: InFlightBudget,
     replies: ReplyPolicy,
     metrics: Metrics,
@@ -82,6 +97,7 @@ impl Dispatcher {
     ) -> Self {
         Self {
             log,
+            warnings: Arc::default(),
             budget,
             replies,
             metrics,
@@ -103,6 +119,7 @@ impl Dispatcher {
             ("tyk.hook.name", AttrValue::Str(summary.hook_name)),
             ("tyk.api.id", AttrValue::Str(summary.api_id.unwrap_or(""))),
             ("tyk.org.id", AttrValue::Str(summary.org_id.unwrap_or(""))),
+            // Values are cut to `bounds::SPAN_ATTRIBUTE_BYTES` where spans are written.
         ];
         self.traces.start(DISPATCH_SPAN, metadata, &attributes)
     }
@@ -117,28 +134,51 @@ impl Dispatcher {
     ) -> Result<Answered, Status> {
         let share = self.budget.take(bytes.len()).inspect_err(|status| {
             self.metrics.reject(Rejection::InFlightBudget);
-            tracing::warn!(
-                request_bytes = bytes.len(),
-                reason = status.message(),
-                "call refused"
-            );
+            if let Some(suppressed) = self.warnings.refused.permit() {
+                tracing::warn!(
+                    request_bytes = bytes.len(),
+                    reason = status.message(),
+                    suppressed,
+                    "call refused"
+                );
+            }
         })?;
         let hook_type = hook_type_label(summary.hook_type);
         let api_id = summary.api_id.unwrap_or("");
         if pb::HookType::name_of(summary.hook_type).is_none() || summary.hook_type == 0 {
-            tracing::warn!(
-                hook_type = summary.hook_type,
-                hook_name = summary.hook_name,
-                api_id,
-                "unrecognised hook type: passed through unchanged"
-            );
+            if let Some(suppressed) = self.warnings.unrecognised_hook_type.permit() {
+                tracing::warn!(
+                    hook_type = summary.hook_type,
+                    hook_name = &*bounds::log(summary.hook_name),
+                    api_id = &*bounds::log(api_id),
+                    suppressed,
+                    "unrecognised hook type: passed through unchanged"
+                );
+            }
         } else if self.log.calls {
-            tracing::info!(hook_type, hook_name = summary.hook_name, api_id, "dispatch");
+            tracing::info!(
+                hook_type,
+                hook_name = &*bounds::log(summary.hook_name),
+                api_id = &*bounds::log(api_id),
+                "dispatch"
+            );
         }
         if self.log.objects {
             match object_log::render(bytes) {
-                Ok(json) => tracing::info!(hook_name = summary.hook_name, object = %json, "object"),
-                Err(err) => tracing::warn!(error = %err, "object could not be decoded for logging"),
+                Ok(json) => tracing::info!(
+                    hook_name = &*bounds::log(summary.hook_name),
+                    object = %json,
+                    "object"
+                ),
+                Err(err) => {
+                    if let Some(suppressed) = self.warnings.object_not_loggable.permit() {
+                        tracing::warn!(
+                            error = %err,
+                            suppressed,
+                            "object could not be decoded for logging"
+                        );
+                    }
+                }
             }
         }
         let (reply, outcome, response_code) = self.run_hook(bytes, summary, span).await?;
@@ -169,14 +209,15 @@ impl Dispatcher {
                 self.metrics.unknown_hooks.inc();
             }
             if !table.is_empty()
-                && self
+                && let Some(suppressed) = self
                     .hooks
                     .first_unknown(summary.hook_type, summary.hook_name)
             {
                 tracing::warn!(
                     hook_type = hook_type_label(summary.hook_type),
-                    hook_name = summary.hook_name,
+                    hook_name = &*bounds::log(summary.hook_name),
                     policy = ?table.unknown(),
+                    suppressed,
                     "no hook declared for this name (warned once)"
                 );
             }
@@ -238,8 +279,17 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                 Ok(summary) => self.answer(&bytes, summary, &span).await,
                 Err(err) => {
                     self.metrics.reject(Rejection::Malformed);
-                    tracing::warn!(request_bytes = bytes.len(), error = %err, "malformed Object refused");
-                    Err(Status::invalid_argument(format!("malformed coprocess.Object: {err}")))
+                    if let Some(suppressed) = self.warnings.malformed.permit() {
+                        tracing::warn!(
+                            request_bytes = bytes.len(),
+                            error = %err,
+                            suppressed,
+                            "malformed Object refused"
+                        );
+                    }
+                    Err(Status::invalid_argument(format!(
+                        "malformed coprocess.Object: {err}"
+                    )))
                 }
             }
         }
@@ -289,12 +339,19 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         let event_type = {
             let _entered = log_span(&span).entered();
             match wire::scan_event(&bytes) {
-                Ok(payload) => log_event(payload, &self.metrics, self.log.objects),
+                Ok(payload) => log_event(payload, &self.metrics, &self.warnings, self.log.objects),
                 Err(err) => {
                     // Still answered: the gateway only logs event errors.
                     self.metrics.events_unparsable.inc();
                     self.metrics.event(None);
-                    tracing::warn!(event_bytes = bytes.len(), error = %err, "malformed Event message");
+                    if let Some(suppressed) = self.warnings.malformed_event.permit() {
+                        tracing::warn!(
+                            event_bytes = bytes.len(),
+                            error = %err,
+                            suppressed,
+                            "malformed Event message"
+                        );
+                    }
                     None
                 }
             }
@@ -341,11 +398,18 @@ struct EventSpec<'a> {
 
 /// Logs and counts one event payload; returns its type. With `log_objects`, the payload itself
 /// follows as redacted JSON (see [`event_log`]).
-fn log_event(payload: &[u8], metrics: &Metrics, log_objects: bool) -> Option<String> {
+fn log_event(
+    payload: &[u8],
+    metrics: &Metrics,
+    warnings: &Warnings,
+    log_objects: bool,
+) -> Option<String> {
     if payload.is_empty() {
         metrics.events_unparsable.inc();
         metrics.event(None);
-        tracing::warn!(payload_bytes = 0, "event payload is empty");
+        if let Some(suppressed) = warnings.empty_event.permit() {
+            tracing::warn!(payload_bytes = 0, suppressed, "event payload is empty");
+        }
         return None;
     }
     let parsed = serde_json::from_slice::<EventPayload<'_>>(payload);
@@ -354,13 +418,15 @@ fn log_event(payload: &[u8], metrics: &Metrics, log_objects: bool) -> Option<Str
             let event_type = event.message.as_ref().and_then(|m| m.kind.as_deref());
             metrics.event(event_type);
             tracing::info!(
-                event_type = event_type.unwrap_or(""),
-                handler_name = event.handler_name.as_deref().unwrap_or(""),
-                api_id = event
-                    .spec
-                    .as_ref()
-                    .and_then(|s| s.api_id.as_deref())
-                    .unwrap_or(""),
+                event_type = &*bounds::log(event_type.unwrap_or("")),
+                handler_name = &*bounds::log(event.handler_name.as_deref().unwrap_or("")),
+                api_id = &*bounds::log(
+                    event
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.api_id.as_deref())
+                        .unwrap_or("")
+                ),
                 "event"
             );
             event_type.map(str::to_string)
@@ -371,20 +437,23 @@ fn log_event(payload: &[u8], metrics: &Metrics, log_objects: bool) -> Option<Str
             // Not serde's text: a `data` error quotes the value it choked on, e.g. a key
             // sent where an object was expected.
             let why = event_log::NotJson::from(err);
-            tracing::warn!(
-                payload_bytes = payload.len(),
-                error_category = why.category,
-                line = why.line,
-                column = why.column,
-                "event payload is not JSON"
-            );
+            if let Some(suppressed) = warnings.event_not_json.permit() {
+                tracing::warn!(
+                    payload_bytes = payload.len(),
+                    error_category = why.category,
+                    line = why.line,
+                    column = why.column,
+                    suppressed,
+                    "event payload is not JSON"
+                );
+            }
             None
         }
     };
     if log_objects {
         match event_log::render(payload) {
             Ok(json) => tracing::info!(
-                event_type = event_type.as_deref().unwrap_or(""),
+                event_type = &*bounds::log(event_type.as_deref().unwrap_or("")),
                 payload = %json,
                 "event payload"
             ),

@@ -86,6 +86,32 @@ pub fn redact(value: &mut Value) {
     }
 }
 
+/// Cuts every string (member names too) over [`MAX_STRING_BYTES`], redacting nothing: for JSON
+/// already redacted by its own rules (the Object's, see [`crate::object_log`]).
+pub fn cut_strings(value: &mut Value) {
+    let mut pending: Vec<&mut Value> = vec![value];
+    while let Some(value) = pending.pop() {
+        match value {
+            Value::String(text) => cut_in_place(text),
+            Value::Array(items) => pending.extend(items.iter_mut()),
+            Value::Object(members) => {
+                let long: Vec<String> = members
+                    .keys()
+                    .filter(|name| name.len() > MAX_STRING_BYTES)
+                    .cloned()
+                    .collect();
+                for name in long {
+                    if let Some(member) = members.remove(&name) {
+                        members.insert(cut(&name).unwrap_or(name), member);
+                    }
+                }
+                pending.extend(members.values_mut());
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+}
+
 /// Replaces a member whose name says it is a secret or the request dump; whether it did.
 fn replace_by_name(name: &str, member: &mut Value) -> bool {
     if name == ORIGINATING_REQUEST {
@@ -121,14 +147,10 @@ fn request_summary(member: &Value) -> Value {
 /// `text` cut to at most [`MAX_STRING_BYTES`] on a char boundary, with its full length; `None`
 /// when it is short enough.
 fn cut(text: &str) -> Option<String> {
-    if text.len() <= MAX_STRING_BYTES {
-        return None;
+    match crate::bounds::cut(text, MAX_STRING_BYTES) {
+        std::borrow::Cow::Borrowed(_) => None,
+        std::borrow::Cow::Owned(short) => Some(short),
     }
-    let mut end = MAX_STRING_BYTES;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(format!("{}…[cut, {} bytes]", &text[..end], text.len()))
 }
 
 fn cut_in_place(text: &mut String) {

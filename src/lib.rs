@@ -5,6 +5,7 @@
 //! - [`config`]: the configuration tree, its sources (file, env, flags, the gateway's own
 //!   variables) and validation.
 //! - [`dispatcher`]: the `Dispatch`/`DispatchEvent` handlers.
+//! - [`bounds`]: request-derived strings cut for logs and spans; rate-limited warnings.
 //! - [`hooks`]: declarative hook pipelines, built-in steps and the step API.
 //! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
 //! - [`object_log`]: the Object as canonical JSON with secrets redacted.
@@ -24,6 +25,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod bounds;
 pub mod cli;
 pub mod codec;
 pub mod config;

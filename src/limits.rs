@@ -8,7 +8,7 @@ use std::sync::{
 use bytes::Bytes;
 use tonic::Status;
 
-use crate::{config::GATEWAY_DEFAULT_RECV_BYTES, metrics::Metrics, wire};
+use crate::{bounds::WarnLimit, config::GATEWAY_DEFAULT_RECV_BYTES, metrics::Metrics, wire};
 
 /// Bytes of request messages held at once across all calls.
 ///
@@ -85,12 +85,19 @@ pub enum ReplyFit {
 pub struct ReplyPolicy {
     limit: Option<usize>,
     metrics: Metrics,
+    /// Rate limits of the per-call warnings: body strings dropped, over the gateway's default,
+    /// refused as too large.
+    warnings: Arc<[WarnLimit; 3]>,
 }
 
 impl ReplyPolicy {
     /// `limit`: the gateway's receive limit when known (ours or its `GRPCRECVMAXSIZE`).
     pub fn new(limit: Option<usize>, metrics: Metrics) -> Self {
-        Self { limit, metrics }
+        Self {
+            limit,
+            metrics,
+            warnings: Arc::default(),
+        }
     }
 
     /// Makes `reply` (an encoded Object) fit the limit: as it is when it fits; without its
@@ -109,12 +116,15 @@ impl ReplyPolicy {
         let reply = match wire::drop_body_strings(&reply) {
             Ok(Some(smaller)) => {
                 self.metrics.body_strings_dropped.inc();
-                tracing::warn!(
-                    reply_bytes = original,
-                    without_body_strings = smaller.len(),
-                    limit_bytes = limit,
-                    "reply over the limit: body strings dropped (the gateway reads raw_body only)"
-                );
+                if let Some(suppressed) = self.warnings[0].permit() {
+                    tracing::warn!(
+                        reply_bytes = original,
+                        without_body_strings = smaller.len(),
+                        limit_bytes = limit,
+                        suppressed,
+                        "reply over the limit: body strings dropped (the gateway reads raw_body only)"
+                    );
+                }
                 smaller
             }
             _ => reply,
@@ -129,18 +139,24 @@ impl ReplyPolicy {
         }
         if self.limit.is_none() {
             self.metrics.replies_over_gateway_default.inc();
+            if let Some(suppressed) = self.warnings[1].permit() {
+                tracing::warn!(
+                    reply_bytes = reply.len(),
+                    limit_bytes = limit,
+                    suppressed,
+                    "reply exceeds the gateway's default receive limit; it will refuse it unless TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE is raised"
+                );
+            }
+            return Ok((reply, ReplyFit::OverGatewayDefault));
+        }
+        if let Some(suppressed) = self.warnings[2].permit() {
             tracing::warn!(
                 reply_bytes = reply.len(),
                 limit_bytes = limit,
-                "reply exceeds the gateway's default receive limit; it will refuse it unless TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE is raised"
+                suppressed,
+                "reply too large for the gateway's receive limit"
             );
-            return Ok((reply, ReplyFit::OverGatewayDefault));
         }
-        tracing::warn!(
-            reply_bytes = reply.len(),
-            limit_bytes = limit,
-            "reply too large for the gateway's receive limit"
-        );
         let before = if fit == ReplyFit::BodyStringsDropped {
             format!(" ({original} bytes before dropping the body strings)")
         } else {

@@ -5,7 +5,9 @@
 //! anything naming a key, token, secret, password, session or signature), credential-like
 //! metadata (such as `token`), every query value (in `url`, `request_uri` and the param maps),
 //! `spec["config_data"]`, and session secrets (`hmac_secret`, `basic_auth_data`, `jwt_data`,
-//! `oauth_keys`, `certificate`, `key_id`).
+//! `oauth_keys`, `certificate`, `key_id`). Then every string (member names too) over
+//! [`crate::event_log::MAX_STRING_BYTES`] is cut as event payloads are: a 4 MiB hook name or
+//! header must not become a 4 MiB log line.
 
 use prost::Message;
 use serde_json::{Map, Value, json};
@@ -183,6 +185,7 @@ pub fn render_object(mut object: pb::Object) -> Value {
             }
         }
     }
+    crate::event_log::cut_strings(&mut value);
     value
 }
 
@@ -228,6 +231,24 @@ mod tests {
         assert_eq!(value["hookName"], "MyPre");
         assert_eq!(value["request"]["returnOverrides"]["responseCode"], -1);
         assert_eq!(value["request"]["method"], "GET");
+    }
+
+    #[test]
+    fn long_strings_and_names_are_cut_with_their_length() {
+        let long_header = "H".repeat(2000);
+        let object = pb::Object {
+            hook_name: "n".repeat(4 << 20),
+            request: Some(pb::MiniRequestObject {
+                headers: [(long_header.clone(), "v".repeat(1025))].into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let value = render(&object.encode_to_vec()).unwrap();
+        let cut = |c: &str, full: usize| format!("{}…[cut, {full} bytes]", c.repeat(1024));
+        assert_eq!(value["hookName"], cut("n", 4 << 20));
+        assert_eq!(value["request"]["headers"][cut("H", 2000)], cut("v", 1025));
+        assert!(value.to_string().len() < 8 * 1024);
     }
 
     #[test]

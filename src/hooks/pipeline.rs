@@ -239,7 +239,8 @@ impl Pipeline {
             Ok(()) => self.answer(original, &before, object, outcome),
             Err((failure, message)) => {
                 counters.failures[failure as usize].inc();
-                tracing::warn!(hook_name = %self.name, reason = failure.label(), error = %message, on_error = ?self.on_error, "hook failed");
+                // A step's message may quote what the request sent: cut like any request string.
+                tracing::warn!(hook_name = %self.name, reason = failure.label(), error = &*crate::bounds::log(&message), on_error = ?self.on_error, "hook failed");
                 match self.on_error {
                     OnError::FailOpen => Answer {
                         reply: None,

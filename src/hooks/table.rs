@@ -6,6 +6,8 @@ use std::{
     sync::{Arc, Mutex, PoisonError, RwLock},
 };
 
+use crate::bounds::{self, WarnLimit};
+
 use arc_swap::ArcSwap;
 
 use crate::config::Problem;
@@ -18,6 +20,19 @@ use super::{
 
 /// Distinct `config_data` values kept parsed; past it the cache starts over.
 const CONFIG_DATA_CACHE: usize = 1024;
+/// Bytes of `config_data` (as sent, raw JSON) the cache holds in all; past it the cache starts
+/// over. The count alone let 1024 values of any size stay for good.
+pub const CONFIG_DATA_CACHE_BYTES: usize = 1 << 20;
+/// Largest `config_data` value (in bytes) kept parsed; a larger one is parsed on every call and
+/// not kept, so one huge value cannot take the whole cache.
+pub const CONFIG_DATA_ENTRY_BYTES: usize = 64 << 10;
+/// Bytes of hook names the warned-once set holds in all (each name counted up to
+/// [`crate::bounds::LOG_STRING_BYTES`], the part a log line shows); past it the set starts
+/// over and names may be warned about again.
+pub const WARNED_UNKNOWN_BYTES: usize = 64 << 10;
+/// What one entry of a bounded set costs besides its text (the key's length and hook type, the
+/// map's own slot), so that many tiny names are bounded too.
+const ENTRY_OVERHEAD_BYTES: usize = 64;
 
 type ByName = HashMap<String, Vec<(Vec<String>, Arc<Pipeline>)>>;
 
@@ -119,13 +134,30 @@ impl HookTable {
     }
 }
 
+/// Hook names already warned about as unknown, bounded in bytes.
+#[derive(Debug, Default)]
+struct WarnedUnknown {
+    /// By (hook type, the name's full length): the names up to the bytes a log line shows.
+    /// Keyed so that a lookup borrows the name and allocates nothing.
+    names: HashMap<(i32, usize), HashSet<Box<str>>>,
+    bytes: usize,
+}
+
+/// Parsed `config_data` values by their raw JSON, bounded in bytes.
+#[derive(Debug, Default)]
+struct ConfigDataCache {
+    parsed: HashMap<Box<str>, Arc<serde_json::Value>>,
+    bytes: usize,
+}
+
 /// The live hooks; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Hooks {
     table: Arc<ArcSwap<HookTable>>,
     registry: Arc<StepRegistry>,
-    warned_unknown: Arc<Mutex<HashSet<(i32, String)>>>,
-    config_data: Arc<RwLock<HashMap<String, Arc<serde_json::Value>>>>,
+    warned_unknown: Arc<Mutex<WarnedUnknown>>,
+    unknown_warnings: Arc<WarnLimit>,
+    config_data: Arc<RwLock<ConfigDataCache>>,
 }
 
 impl Hooks {
@@ -135,6 +167,7 @@ impl Hooks {
             table: Arc::new(ArcSwap::from_pointee(table)),
             registry,
             warned_unknown: Arc::default(),
+            unknown_warnings: Arc::default(),
             config_data: Arc::default(),
         }
     }
@@ -154,24 +187,52 @@ impl Hooks {
         self.table.store(Arc::new(table));
     }
 
-    /// Whether `(hook_type, name)` is seen unmatched for the first time (to warn once).
-    pub fn first_unknown(&self, hook_type: i32, name: &str) -> bool {
+    /// Whether to warn that `(hook_type, name)` matched no hook: `Some(warnings suppressed
+    /// since the last one)` the first time the name is seen, if the warning rate limit allows;
+    /// `None` otherwise. A name whose warning was suppressed is not remembered, so it is warned
+    /// about on a later call.
+    ///
+    /// Names are told apart by their first [`bounds::LOG_STRING_BYTES`] bytes and their length:
+    /// what the warning shows of them.
+    pub fn first_unknown(&self, hook_type: i32, name: &str) -> Option<u64> {
+        let shown = bounds::prefix(name, bounds::LOG_STRING_BYTES);
         let mut warned = self
             .warned_unknown
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if warned.len() > 10_000 {
-            warned.clear();
+        // No allocation to look up: the key is built only to insert.
+        if warned
+            .names
+            .get(&(hook_type, name.len()))
+            .is_some_and(|names| names.contains(shown))
+        {
+            return None;
         }
-        warned.insert((hook_type, name.to_string()))
+        let suppressed = self.unknown_warnings.permit()?;
+        let cost = shown.len() + ENTRY_OVERHEAD_BYTES;
+        if warned.bytes + cost > WARNED_UNKNOWN_BYTES {
+            warned.names.clear();
+            warned.bytes = 0;
+        }
+        warned
+            .names
+            .entry((hook_type, name.len()))
+            .or_default()
+            .insert(shown.into());
+        warned.bytes += cost;
+        Some(suppressed)
     }
 
     /// `config_data` parsed, once per distinct value; `None` when it is not JSON.
     pub fn config_data(&self, raw: &str) -> Option<Arc<serde_json::Value>> {
+        if raw.len() > CONFIG_DATA_ENTRY_BYTES {
+            return Some(Arc::new(serde_json::from_str(raw).ok()?));
+        }
         if let Some(parsed) = self
             .config_data
             .read()
             .unwrap_or_else(PoisonError::into_inner)
+            .parsed
             .get(raw)
         {
             return Some(parsed.clone());
@@ -181,11 +242,25 @@ impl Hooks {
             .config_data
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        if cache.len() >= CONFIG_DATA_CACHE {
-            cache.clear();
+        let cost = raw.len() + ENTRY_OVERHEAD_BYTES;
+        if cache.parsed.len() >= CONFIG_DATA_CACHE || cache.bytes + cost > CONFIG_DATA_CACHE_BYTES {
+            cache.parsed.clear();
+            cache.bytes = 0;
         }
-        cache.insert(raw.to_string(), parsed.clone());
+        if cache.parsed.insert(raw.into(), parsed.clone()).is_none() {
+            cache.bytes += cost;
+        }
         Some(parsed)
+    }
+
+    /// Bytes and entries the `config_data` cache holds now.
+    #[cfg(test)]
+    fn config_data_held(&self) -> (usize, usize) {
+        let cache = self
+            .config_data
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        (cache.bytes, cache.parsed.len())
     }
 }
 
@@ -253,5 +328,70 @@ mod tests {
         let b = hooks.config_data("{\"x\":1}").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
         assert!(hooks.config_data("not json").is_none());
+    }
+
+    #[test]
+    fn the_config_data_cache_stays_within_its_byte_bound() {
+        let hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let padding = "p".repeat(60 << 10);
+        for i in 0..200 {
+            let raw = format!("{{\"i\":{i},\"pad\":\"{padding}\"}}");
+            let parsed = hooks.config_data(&raw).unwrap();
+            assert_eq!(parsed["i"], i);
+            let (bytes, entries) = hooks.config_data_held();
+            assert!(bytes <= CONFIG_DATA_CACHE_BYTES, "{bytes} bytes held");
+            assert!((1..=CONFIG_DATA_CACHE_BYTES / (60 << 10)).contains(&entries));
+        }
+        // The last value is still cached: the same Arc comes back.
+        let last = format!("{{\"i\":199,\"pad\":\"{padding}\"}}");
+        assert!(Arc::ptr_eq(
+            &hooks.config_data(&last).unwrap(),
+            &hooks.config_data(&last).unwrap()
+        ));
+    }
+
+    #[test]
+    fn config_data_over_the_entry_bound_is_parsed_but_not_kept() {
+        let hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let big = format!(
+            "{{\"team\":\"a\",\"pad\":\"{}\"}}",
+            "p".repeat(CONFIG_DATA_ENTRY_BYTES)
+        );
+        let parsed = hooks.config_data(&big).unwrap();
+        assert_eq!(parsed["team"], "a");
+        assert_eq!(hooks.config_data_held(), (0, 0));
+        assert!(!Arc::ptr_eq(&parsed, &hooks.config_data(&big).unwrap()));
+    }
+
+    #[test]
+    fn unknown_names_are_warned_once_rate_limited_and_kept_within_bytes() {
+        let mut hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        hooks.unknown_warnings = Arc::new(WarnLimit::new(std::time::Duration::from_secs(3600), 1));
+        assert_eq!(hooks.first_unknown(1, "a"), Some(0));
+        assert_eq!(hooks.first_unknown(1, "a"), None, "warned once");
+        // Within the rate limit's interval another name is not warned about, nor remembered.
+        assert_eq!(hooks.first_unknown(1, "b"), None);
+        assert_eq!(hooks.first_unknown(1, "b"), None);
+        assert_eq!(hooks.first_unknown(2, "a"), None);
+
+        // Many distinct long names, with no rate limit in the way: each is held by the prefix
+        // a warning shows, and the set starts over before it passes its bound.
+        let mut hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        hooks.unknown_warnings = Arc::new(WarnLimit::new(std::time::Duration::ZERO, 1));
+        let mut most = 0;
+        for i in 0..1000 {
+            let name = format!("{i:04}{}", "n".repeat(4096));
+            assert_eq!(hooks.first_unknown(1, &name), Some(0));
+            assert_eq!(hooks.first_unknown(1, &name), None);
+            let warned = hooks.warned_unknown.lock().unwrap();
+            assert!(warned.bytes <= WARNED_UNKNOWN_BYTES, "{}", warned.bytes);
+            let held: usize = warned.names.values().flatten().map(|n| n.len()).sum();
+            assert!(held <= WARNED_UNKNOWN_BYTES, "{held}");
+            most = most.max(warned.names.values().map(HashSet::len).sum::<usize>());
+        }
+        assert_eq!(
+            most,
+            WARNED_UNKNOWN_BYTES / (bounds::LOG_STRING_BYTES + ENTRY_OVERHEAD_BYTES)
+        );
     }
 }

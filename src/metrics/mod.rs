@@ -2,9 +2,9 @@
 //! latency histograms (with trace-id exemplars), sizes, events, rejections, connections, span
 //! export, build and process information.
 //!
-//! Label values stay bounded: hook names (and, when enabled, API IDs) past a cap count as
-//! `other`. The per-hook series are built once and cached, so the Dispatch hot path only
-//! increments.
+//! Label values stay bounded: hook names (and, when enabled, API IDs) past a cap on their
+//! number, or longer than [`MAX_LABEL_VALUE_BYTES`], count as `other`. The per-hook series are
+//! built once and cached, so the Dispatch hot path only increments.
 
 mod process;
 
@@ -80,6 +80,22 @@ pub enum Rejection {
     ReplyTooLarge,
     /// Request over the receive limit.
     RequestTooLarge,
+}
+
+/// Longest hook name or API ID (in bytes) that becomes a label value; longer ones count as
+/// `other`. The count cap alone bounds series, not bytes: 200 distinct 64 KiB names made one
+/// scrape of `/metrics` tens of MB. `other` rather than a cut name: cut names that share a
+/// prefix would merge into a series that looks like a real hook.
+pub const MAX_LABEL_VALUE_BYTES: usize = 128;
+
+/// The label value a request-derived name is counted under, by its length alone (the count
+/// cap is applied where the series are kept).
+fn label_value(name: &str) -> &str {
+    if name.len() > MAX_LABEL_VALUE_BYTES {
+        "other"
+    } else {
+        name
+    }
 }
 
 /// Tyk's event names; any other counts as `other`.
@@ -468,7 +484,8 @@ impl Metrics {
         })
     }
 
-    /// The series of one hook, created on first use. Hook names past the cap share `other`.
+    /// The series of one hook, created on first use. Hook names past the cap, or longer than
+    /// [`MAX_LABEL_VALUE_BYTES`], share `other`.
     pub fn hook(
         &self,
         hook_type: i32,
@@ -480,12 +497,20 @@ impl Metrics {
             .filter(|t| *t < 6)
             .unwrap_or(6);
         let map = &self.hooks[slot];
-        if let Some(series) = map
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(hook_name)
+        // Checked before any lookup: a long name is neither hashed nor kept.
+        let hook_name = label_value(hook_name);
         {
-            return series.clone();
+            let map = map.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(series) = map.get(hook_name) {
+                return series.clone();
+            }
+            // Past the cap, new names go to `other` without the write lock, so a flood of
+            // distinct names does not serialise every call on it.
+            if map.len() >= self.settings.label_cap
+                && let Some(series) = map.get("other")
+            {
+                return series.clone();
+            }
         }
         let mut map = map.write().unwrap_or_else(PoisonError::into_inner);
         let label = if map.len() >= self.settings.label_cap && !map.contains_key(hook_name) {
@@ -532,12 +557,17 @@ impl Metrics {
 
     fn api_outcomes(&self, series: &HookSeries, api_id: &str) -> Option<Arc<Outcomes>> {
         let by_api = series.by_api.as_ref()?;
-        if let Some(outcomes) = by_api
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(api_id)
+        let api_id = label_value(api_id);
         {
-            return Some(outcomes.clone());
+            let map = by_api.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(outcomes) = map.get(api_id) {
+                return Some(outcomes.clone());
+            }
+            if map.len() >= self.settings.label_cap
+                && let Some(outcomes) = map.get("other")
+            {
+                return Some(outcomes.clone());
+            }
         }
         let mut map = by_api.write().unwrap_or_else(PoisonError::into_inner);
         let label = if map.len() >= self.settings.label_cap && !map.contains_key(api_id) {
@@ -776,6 +806,79 @@ mod tests {
             Some(1.0),
             "{text}"
         );
+    }
+
+    #[test]
+    fn long_hook_names_and_api_ids_count_as_other() {
+        let metrics = Metrics::new(MetricsSettings {
+            api_label: true,
+            ..MetricsSettings::default()
+        });
+        let at_cap = "h".repeat(MAX_LABEL_VALUE_BYTES);
+        for i in 0..50u8 {
+            let long = format!("{}{i}", "x".repeat(64 * 1024));
+            metrics.start_call(metrics.hook(1, "Pre", &long), 1).finish(
+                Outcome::Unchanged,
+                &long,
+                None,
+                None,
+            );
+        }
+        metrics
+            .start_call(metrics.hook(1, "Pre", &at_cap), 1)
+            .finish(Outcome::Unchanged, "api", None, None);
+        let text = metrics.encode();
+        assert!(text.len() < 64 * 1024, "{} bytes", text.len());
+        let requests = "tyk_dispatcher_dispatch_requests_total{hook_type=\"Pre\"";
+        assert_eq!(
+            count(
+                &text,
+                &format!("{requests},hook_name=\"other\",api_id=\"other\",outcome=\"unchanged\"}}")
+            ),
+            Some(50.0),
+            "{text}"
+        );
+        assert_eq!(
+            count(
+                &text,
+                &format!(
+                    "{requests},hook_name=\"{at_cap}\",api_id=\"api\",outcome=\"unchanged\"}}"
+                )
+            ),
+            Some(1.0),
+            "a name of exactly the cap is kept: {text}"
+        );
+    }
+
+    #[test]
+    fn past_the_count_cap_new_names_share_other() {
+        let metrics = Metrics::new(MetricsSettings {
+            label_cap: 1,
+            ..MetricsSettings::default()
+        });
+        for name in ["a", "b", "c", "d", "a"] {
+            metrics.start_call(metrics.hook(1, "Pre", name), 1).finish(
+                Outcome::Unchanged,
+                "",
+                None,
+                None,
+            );
+        }
+        assert!(Arc::ptr_eq(
+            &metrics.hook(1, "Pre", "b"),
+            &metrics.hook(1, "Pre", "z")
+        ));
+        let text = metrics.encode();
+        let series = |name: &str| {
+            count(
+                &text,
+                &format!(
+                    "tyk_dispatcher_dispatch_requests_total{{hook_type=\"Pre\",hook_name=\"{name}\",outcome=\"unchanged\"}}"
+                ),
+            )
+        };
+        assert_eq!(series("a"), Some(2.0), "{text}");
+        assert_eq!(series("other"), Some(3.0), "{text}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use super::{
     propagation::parent_from_metadata,
 };
 use crate::{
+    bounds,
     config::{Config, OtlpProtocol, Problem, otel::resource_attributes, parse_headers},
     metrics::Metrics,
     wire::{put_len_prefix, put_len_record},
@@ -114,6 +115,16 @@ struct Export {
 #[derive(Debug, Clone, Default)]
 pub struct Traces {
     export: Option<Arc<Export>>,
+}
+
+/// Request-derived strings (hook name, API and org IDs, event type) are as long as the gateway
+/// sends them; a span carries at most [`bounds::SPAN_ATTRIBUTE_BYTES`] of each, truncated on a
+/// char boundary as OpenTelemetry's attribute length limit does.
+fn span_value(value: AttrValue<'_>) -> AttrValue<'_> {
+    match value {
+        AttrValue::Str(text) => AttrValue::Str(bounds::prefix(text, bounds::SPAN_ATTRIBUTE_BYTES)),
+        other => other,
+    }
 }
 
 fn random_trace_id() -> TraceId {
@@ -249,7 +260,8 @@ impl Traces {
     }
 
     /// Starts the server span of one call, child of the context in `metadata`, with
-    /// `attributes` (recorded only when the span is).
+    /// `attributes` (recorded only when the span is; strings cut to
+    /// [`bounds::SPAN_ATTRIBUTE_BYTES`]).
     pub fn start(
         &self,
         name: &'static str,
@@ -292,7 +304,7 @@ impl Traces {
             otlp::put_varint_field(&mut body, field::KIND, field::KIND_SERVER);
             otlp::put_fixed64(&mut body, field::START_TIME, unix_nanos());
             for (key, value) in attributes {
-                otlp::put_attribute(&mut body, field::ATTRIBUTES, key, *value);
+                otlp::put_attribute(&mut body, field::ATTRIBUTES, key, span_value(*value));
             }
             Recording {
                 body,
@@ -461,10 +473,16 @@ impl CallSpan {
             .map(|_| self.context.trace_id().to_string())
     }
 
-    /// Adds an attribute when the span is recorded.
+    /// Adds an attribute when the span is recorded (a string cut to
+    /// [`bounds::SPAN_ATTRIBUTE_BYTES`]).
     pub fn set_attribute(&mut self, key: &str, value: AttrValue<'_>) {
         if let Some(recording) = &mut self.recording {
-            otlp::put_attribute(&mut recording.body, field::ATTRIBUTES, key, value);
+            otlp::put_attribute(
+                &mut recording.body,
+                field::ATTRIBUTES,
+                key,
+                span_value(value),
+            );
         }
     }
 
@@ -498,5 +516,22 @@ impl Drop for CallSpan {
     /// A call dropped before it ended (the caller went away) still has its span exported.
     fn drop(&mut self) {
         self.finish(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_string_attributes_are_cut_on_a_char_boundary() {
+        let long = format!("a{}", "€".repeat(1000));
+        let AttrValue::Str(cut) = span_value(AttrValue::Str(&long)) else {
+            panic!("still a string");
+        };
+        // 1 + 3 × 85 = 256 bytes.
+        assert_eq!(cut, format!("a{}", "€".repeat(85)));
+        assert_eq!(span_value(AttrValue::Str("short")), AttrValue::Str("short"));
+        assert_eq!(span_value(AttrValue::Int(7)), AttrValue::Int(7));
     }
 }

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod binary;
+mod bounds;
 mod dispatch;
 mod grpcurl;
 mod helpers;
