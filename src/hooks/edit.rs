@@ -107,9 +107,10 @@ fn nested<T: Message + Default>(
     }
 }
 
-/// Applies `changes` to the message `original`: the first record of a changed field is
-/// replaced by its new records, later ones dropped; fields absent before are appended.
-fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireError> {
+/// Applies `changes` to the message `original`, nested at level `depth` (1: the Object): the
+/// first record of a changed field is replaced by its new records, later ones dropped; fields
+/// absent before are appended. Recursion follows `changes` (the schema), not the input.
+fn apply(original: &[u8], depth: usize, changes: &[(u32, Change)]) -> Result<BytesMut, WireError> {
     let mut out = BytesMut::with_capacity(original.len() + added_len(changes));
     // Which changes were written, by index (a message has fewer than 64 fields we know).
     let mut done: u64 = 0;
@@ -121,7 +122,7 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
     } else {
         Vec::new()
     };
-    for record in Records::new(original).take_while(|_| any_nested) {
+    for record in Records::at_depth(original, depth).take_while(|_| any_nested) {
         let record = record?;
         if let Some(i) = changes
             .iter()
@@ -136,7 +137,7 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
             }
         }
     }
-    for record in Records::new(original) {
+    for record in Records::at_depth(original, depth) {
         let record = record?;
         match changes
             .iter()
@@ -147,13 +148,13 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
             Some(i) => {
                 done |= 1 << i;
                 let nested_original = nested_payloads.get(i).map_or(&[][..], |p| &p[..]);
-                emit(&mut out, &changes[i], nested_original)?;
+                emit(&mut out, depth, &changes[i], nested_original)?;
             }
         }
     }
     for (i, change) in changes.iter().enumerate() {
         if done & (1 << i) == 0 {
-            emit(&mut out, change, &[])?;
+            emit(&mut out, depth, change, &[])?;
         }
     }
     Ok(out)
@@ -172,13 +173,14 @@ fn added_len(changes: &[(u32, Change)]) -> usize {
 
 fn emit(
     out: &mut BytesMut,
+    depth: usize,
     (number, change): &(u32, Change),
     nested_original: &[u8],
 ) -> Result<(), WireError> {
     match change {
         Change::Records(bytes) => out.put_slice(bytes),
         Change::Nested(changes) => {
-            let inner = apply(nested_original, changes)?;
+            let inner = apply(nested_original, depth + 1, changes)?;
             wire::put_len_record(out, *number, &inner);
         }
     }
@@ -219,7 +221,7 @@ pub fn reply_bytes(
     if changes.is_empty() {
         return Ok(None);
     }
-    Ok(Some(apply(original, &changes)?.freeze()))
+    Ok(Some(apply(original, 1, &changes)?.freeze()))
 }
 
 #[cfg(test)]

@@ -113,14 +113,15 @@ impl ObjectParts {
                 REQUEST if self.request != 0 => {
                     // Two passes, length first, so the records go straight into `out`.
                     let mut len = 0;
-                    for inner in Records::new(record.payload) {
+                    // The request sits at level 2: its groups get what is left of the bound.
+                    for inner in Records::at_depth(record.payload, 2) {
                         let inner = inner?;
                         if self.has_request_field(inner.field) {
                             len += inner.span.len();
                         }
                     }
                     wire::put_len_prefix(out, REQUEST, len);
-                    for inner in Records::new(record.payload).flatten() {
+                    for inner in Records::at_depth(record.payload, 2).flatten() {
                         if self.has_request_field(inner.field) {
                             out.put_slice(&record.payload[inner.span]);
                         }
