@@ -611,7 +611,7 @@ pub fn drop_body_strings(object: &[u8]) -> Result<Option<Bytes>, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pb;
     use prost::Message;

@@ -332,6 +332,50 @@ mod tests {
         assert_eq!(pb::Object::decode(reply).unwrap(), new);
     }
 
+    /// `sample()` with `groups` nested groups of an unknown field in its `return_overrides`
+    /// (level 3).
+    fn with_deep_overrides(groups: usize) -> Vec<u8> {
+        let mut object = sample();
+        let request = object.request.as_mut().unwrap();
+        let mut overrides = request.return_overrides.take().unwrap().encode_to_vec();
+        overrides.extend_from_slice(&wire::tests::nested_groups(groups));
+        let mut request = object.request.take().unwrap().encode_to_vec();
+        wire::put_len_record(&mut request, 10, &overrides);
+        let mut bytes = object.encode_to_vec();
+        wire::put_len_record(&mut bytes, 3, &request);
+        bytes
+    }
+
+    fn changed_override(old: &pb::Object) -> pb::Object {
+        let mut new = old.clone();
+        let request = new.request.as_mut().unwrap();
+        request.return_overrides.as_mut().unwrap().response_code = 403;
+        new
+    }
+
+    #[test]
+    fn edits_within_the_bound_keep_the_deep_unknown_field() {
+        let original = with_deep_overrides(wire::MAX_DEPTH - 3);
+        let old = pb::Object::decode(original.as_slice()).unwrap();
+        let new = changed_override(&old);
+        let reply = reply_bytes(&original, &old, new.clone()).unwrap().unwrap();
+        let groups = wire::tests::nested_groups(wire::MAX_DEPTH - 3);
+        assert!(reply.windows(groups.len()).any(|w| w == groups));
+        assert_eq!(pb::Object::decode(reply).unwrap(), new);
+    }
+
+    #[test]
+    fn edits_past_the_bound_are_refused() {
+        let original = with_deep_overrides(wire::MAX_DEPTH - 2);
+        // prost's limit (100) is looser than ours; the edit walk is what refuses.
+        let old = pb::Object::decode(original.as_slice()).unwrap();
+        let err = reply_bytes(&original, &old, changed_override(&old)).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooDeep { limit: 64, .. }),
+            "{err:?}"
+        );
+    }
+
     #[test]
     fn added_and_removed_messages() {
         let old = pb::Object::default();
