@@ -6,6 +6,7 @@
 
 mod binary;
 mod dispatch;
+mod fuzz_corpus;
 mod grpcurl;
 mod helpers;
 mod hooks;
