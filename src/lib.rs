@@ -31,6 +31,8 @@ pub mod codec;
 pub mod config;
 pub mod dispatcher;
 pub mod event_log;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hooks;
 pub mod lifecycle;
 pub mod limits;

@@ -10,6 +10,17 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// The deepest nesting of messages and groups the server walks. The request message itself is
+/// level 1, each sub-message or group inside it one level more; a record past this is refused
+/// as [`WireError::TooDeep`] before anything else looks at the call.
+///
+/// Tyk's deepest Object path is 5 levels (Object, `session`, an `access_rights` entry,
+/// `AccessDefinition`, `AccessSpec`). 64 leaves room for future schema growth yet stays below
+/// prost's own recursion limit (100), so prost never refuses what the scan let through, and the
+/// walks never need more than a few kilobytes of a worker's stack: groups are skipped with a
+/// fixed array, not recursion, and known sub-messages are walked along the schema's fixed depth.
+pub const MAX_DEPTH: usize = 64;
+
 /// Field numbers of `coprocess.Object` and its nested messages that the server reads or edits.
 pub mod field {
     /// `Object.hook_type`
@@ -61,6 +72,14 @@ pub enum WireError {
         at: usize,
         /// The wire type found.
         wire_type: u8,
+    },
+    /// Groups or messages nested deeper than [`MAX_DEPTH`].
+    #[error("nesting deeper than {limit} levels at byte {at}")]
+    TooDeep {
+        /// Offset of the record that opens the level too many.
+        at: usize,
+        /// The bound ([`MAX_DEPTH`]).
+        limit: usize,
     },
     /// Field number zero, which protobuf forbids.
     #[error("field number 0 at byte {0}")]
@@ -124,15 +143,25 @@ pub struct Records<'a> {
     buf: &'a [u8],
     pos: usize,
     failed: bool,
+    /// Nesting level of the message walked (1: the request itself), so groups inside it are
+    /// bounded by what is left of [`MAX_DEPTH`].
+    depth: usize,
 }
 
 impl<'a> Records<'a> {
-    /// Reads the records of `buf`, one encoded message.
+    /// Reads the records of `buf`, one encoded message at the top level.
     pub fn new(buf: &'a [u8]) -> Self {
+        Self::at_depth(buf, 1)
+    }
+
+    /// Reads the records of `buf`, a message nested at level `depth` (1 is the top level).
+    pub fn at_depth(buf: &'a [u8], depth: usize) -> Self {
         Self {
             buf,
             pos: 0,
             failed: false,
+            // Level 0 would let one group more in than the stack in `skip_group` holds.
+            depth: depth.max(1),
         }
     }
 
@@ -178,8 +207,26 @@ impl<'a> Records<'a> {
     }
 
     /// Skips a group's records up to and including its end tag.
+    ///
+    /// Nested groups are tracked in a fixed array rather than by recursion: a few kilobytes of
+    /// start-group tags once took the whole process down with a stack overflow.
     fn skip_group(&mut self, at: usize, field: u32) -> Result<(), WireError> {
+        // Field numbers of the groups still open, innermost last.
+        let mut open = [0u32; MAX_DEPTH];
+        let mut count = 0;
+        let mut opening = Some((at, field));
         loop {
+            if let Some((tag_at, field)) = opening.take() {
+                // `depth + count` is the level of the records being read; a group adds one.
+                if self.depth + count >= MAX_DEPTH {
+                    return Err(WireError::TooDeep {
+                        at: tag_at,
+                        limit: MAX_DEPTH,
+                    });
+                }
+                open[count] = field;
+                count += 1;
+            }
             if self.pos >= self.buf.len() {
                 return Err(WireError::Truncated {
                     at,
@@ -187,15 +234,23 @@ impl<'a> Records<'a> {
                     left: 0,
                 });
             }
+            let tag_at = self.pos;
             let (inner, wire_type) = self.read_tag()?;
             match wire_type {
-                wire_type::EGROUP if inner == field => return Ok(()),
-                _ => self.skip_value(at, inner, wire_type)?,
+                wire_type::EGROUP if inner == open[count - 1] => {
+                    count -= 1;
+                    if count == 0 {
+                        return Ok(());
+                    }
+                }
+                wire_type::SGROUP => opening = Some((tag_at, inner)),
+                _ => self.skip_scalar(at, wire_type)?,
             }
         }
     }
 
-    fn skip_value(&mut self, at: usize, field: u32, wt: u8) -> Result<(), WireError> {
+    /// Skips the value of a record that is not a group start.
+    fn skip_scalar(&mut self, at: usize, wt: u8) -> Result<(), WireError> {
         match wt {
             wire_type::VARINT => self.read_varint().map(drop),
             wire_type::I64 => self.take(at, 8).map(drop),
@@ -204,7 +259,6 @@ impl<'a> Records<'a> {
                 let len = self.read_varint()?;
                 self.take(at, len).map(drop)
             }
-            wire_type::SGROUP => self.skip_group(at, field),
             _ => Err(WireError::WireType { at, wire_type: wt }),
         }
     }
@@ -225,7 +279,8 @@ impl<'a> Records<'a> {
                 let len = self.read_varint()?;
                 record.payload = self.take(at, len)?;
             }
-            _ => self.skip_value(at, field, wt)?,
+            wire_type::SGROUP => self.skip_group(at, field)?,
+            _ => self.skip_scalar(at, wt)?,
         }
         record.span.end = self.pos;
         Ok(record)
@@ -321,7 +376,8 @@ pub fn scan_object(buf: &[u8]) -> Result<ObjectSummary<'_>, WireError> {
             }
             field::REQUEST | field::SESSION | field::RESPONSE | field::METADATA => {
                 expect_type(&record, MESSAGE, wire_type::LEN)?;
-                check_framing(record.payload)?;
+                let shape = Shape::Object.child(record.field).unwrap_or(Shape::Leaf);
+                check_tree(record.payload, shape, 2)?;
             }
             _ => {}
         }
@@ -329,8 +385,88 @@ pub fn scan_object(buf: &[u8]) -> Result<ObjectSummary<'_>, WireError> {
     Ok(summary)
 }
 
-/// Splits one `map<string, string>` entry into key and value bytes (last one wins, as in
-/// protobuf).
+/// Messages of Tyk's schema, by what they hold, so the scan can walk every level that prost
+/// would decode: prost skips unknown groups inside any of them, and only a scan that checked
+/// each one keeps that skip within [`MAX_DEPTH`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    Object,
+    Request,
+    ReturnOverrides,
+    Response,
+    Session,
+    /// An `access_rights` entry, whose value is an `AccessDefinition`.
+    AccessEntry,
+    AccessDefinition,
+    /// A message without sub-messages: map entries of strings, `Header`, `AccessSpec`,
+    /// `BasicAuthData`, `JWTData`, `Monitor`.
+    Leaf,
+}
+
+impl Shape {
+    /// The shape of field `number`, when that field holds a message (or map entries).
+    fn child(self, number: u32) -> Option<Self> {
+        let children: &[(u32, Self)] = match self {
+            Self::Object => &[
+                (field::REQUEST, Self::Request),
+                (field::SESSION, Self::Session),
+                (field::METADATA, Self::Leaf),
+                (field::SPEC, Self::Leaf),
+                (field::RESPONSE, Self::Response),
+            ],
+            // headers, set_headers, params, add_params, extended_params; return_overrides
+            Self::Request => &[
+                (1, Self::Leaf),
+                (2, Self::Leaf),
+                (6, Self::Leaf),
+                (7, Self::Leaf),
+                (8, Self::Leaf),
+                (10, Self::ReturnOverrides),
+            ],
+            // headers
+            Self::ReturnOverrides => &[(3, Self::Leaf)],
+            // headers, multivalue_headers
+            Self::Response => &[(4, Self::Leaf), (5, Self::Leaf)],
+            // access_rights, oauth_keys, basic_auth_data, jwt_data, monitor, metadata
+            Self::Session => &[
+                (10, Self::AccessEntry),
+                (13, Self::Leaf),
+                (14, Self::Leaf),
+                (15, Self::Leaf),
+                (21, Self::Leaf),
+                (23, Self::Leaf),
+            ],
+            Self::AccessEntry => &[(field::MAP_VALUE, Self::AccessDefinition)],
+            // allowed_urls
+            Self::AccessDefinition => &[(4, Self::Leaf)],
+            Self::Leaf => &[],
+        };
+        children
+            .iter()
+            .find(|(n, _)| *n == number)
+            .map(|&(_, shape)| shape)
+    }
+}
+
+/// Checks the framing of `buf`, a `shape` message at level `depth`, and of every sub-message
+/// the schema gives it. The recursion follows the schema (five levels at most), never the
+/// input; groups inside are bounded by [`Records`].
+fn check_tree(buf: &[u8], shape: Shape, depth: usize) -> Result<(), WireError> {
+    for record in Records::at_depth(buf, depth) {
+        let record = record?;
+        // A message field with another wire type is prost's to refuse; nothing to walk here.
+        if record.wire_type != wire_type::LEN {
+            continue;
+        }
+        if let Some(child) = shape.child(record.field) {
+            check_tree(record.payload, child, depth + 1)?;
+        }
+    }
+    Ok(())
+}
+
+/// Splits one `map<string, string>` entry of a top-level map field (level 2) into key and value
+/// bytes (last one wins, as in protobuf).
 ///
 /// # Errors
 /// Malformed framing or wire types.
@@ -339,7 +475,7 @@ pub fn map_entry<'a>(
     message: &'static str,
 ) -> Result<(&'a [u8], &'a [u8]), WireError> {
     let (mut key, mut value): (&[u8], &[u8]) = (&[], &[]);
-    for record in Records::new(entry) {
+    for record in Records::at_depth(entry, 2) {
         let record = record?;
         match record.field {
             field::MAP_KEY => {
@@ -412,10 +548,22 @@ pub enum Edit {
 /// Malformed framing.
 pub fn rewrite(
     buf: &[u8],
+    edit: impl FnMut(&Record<'_>) -> Result<Edit, WireError>,
+) -> Result<Option<BytesMut>, WireError> {
+    rewrite_at(buf, 1, edit)
+}
+
+/// [`rewrite`] of a message nested at level `depth` (see [`Records::at_depth`]).
+///
+/// # Errors
+/// Malformed framing.
+pub fn rewrite_at(
+    buf: &[u8],
+    depth: usize,
     mut edit: impl FnMut(&Record<'_>) -> Result<Edit, WireError>,
 ) -> Result<Option<BytesMut>, WireError> {
     let mut out: Option<BytesMut> = None;
-    for record in Records::new(buf) {
+    for record in Records::at_depth(buf, depth) {
         let record = record?;
         let decision = edit(&record)?;
         if matches!(decision, Edit::Keep) && out.is_none() {
@@ -450,7 +598,7 @@ pub fn drop_body_strings(object: &[u8]) -> Result<Option<Bytes>, WireError> {
             field::RESPONSE => field::RESPONSE_BODY,
             _ => return Ok(Edit::Keep),
         };
-        let without = rewrite(record.payload, |inner| {
+        let without = rewrite_at(record.payload, 2, |inner| {
             Ok(if inner.field == inner_body {
                 Edit::Drop
             } else {
@@ -463,7 +611,7 @@ pub fn drop_body_strings(object: &[u8]) -> Result<Option<Bytes>, WireError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pb;
     use prost::Message;
@@ -589,6 +737,184 @@ mod tests {
         assert_eq!(
             scan_event(&[0x0a, 0x01, 0xff]).expect("valid framing"),
             &[0xff]
+        );
+    }
+
+    /// `groups` groups of field 15 nested in one another, well formed: inside a message at level
+    /// `n` they reach level `n + groups`.
+    pub(crate) fn nested_groups(groups: usize) -> Vec<u8> {
+        let mut bytes = vec![0x7b; groups];
+        bytes.resize(2 * groups, 0x7c);
+        bytes
+    }
+
+    #[test]
+    fn groups_nested_up_to_the_bound_are_accepted_by_the_scan_and_prost() {
+        let bytes = nested_groups(MAX_DEPTH - 1);
+        assert_eq!(scan_object(&bytes), Ok(ObjectSummary::default()));
+        assert_eq!(scan_event(&bytes), Ok(&[][..]));
+        assert_eq!(Records::new(&bytes).count(), 1);
+        assert_eq!(
+            pb::Object::decode(bytes.as_slice()).expect("within prost's limit too"),
+            pb::Object::default()
+        );
+    }
+
+    #[test]
+    fn groups_nested_past_the_bound_are_refused_at_the_tag_too_many() {
+        let bytes = nested_groups(MAX_DEPTH);
+        let expected = WireError::TooDeep {
+            at: MAX_DEPTH - 1,
+            limit: MAX_DEPTH,
+        };
+        assert_eq!(scan_object(&bytes), Err(expected.clone()));
+        assert_eq!(scan_event(&bytes), Err(expected.clone()));
+        assert_eq!(check_framing(&bytes), Err(expected.clone()));
+        assert_eq!(drop_body_strings(&bytes), Err(expected.clone()));
+        assert_eq!(
+            expected.to_string(),
+            "nesting deeper than 64 levels at byte 63"
+        );
+    }
+
+    #[test]
+    fn twenty_thousand_open_groups_are_refused_without_recursion() {
+        // The report: start-group tags of field 1, never closed (and closed: same answer).
+        let open = vec![0x0b; 20_000];
+        let mut closed = open.clone();
+        closed.resize(40_000, 0x0c);
+        for bytes in [&open, &closed] {
+            let expected = WireError::TooDeep { at: 63, limit: 64 };
+            assert_eq!(scan_object(bytes), Err(expected.clone()));
+            assert_eq!(scan_event(bytes), Err(expected.clone()));
+            assert_eq!(
+                rewrite(bytes, |_| Ok(Edit::Drop)).map(|_| ()),
+                Err(expected)
+            );
+        }
+        // prost's own limit (100) holds for groups of a field it does not know.
+        let err = pb::Object::decode(nested_groups(20_000).as_slice()).unwrap_err();
+        assert!(err.to_string().contains("recursion limit reached"), "{err}");
+    }
+
+    #[test]
+    fn a_group_left_open_or_closed_by_another_field_is_still_malformed() {
+        assert_eq!(
+            scan_object(&[0x7b, 0x7b, 0x7c]),
+            Err(WireError::Truncated {
+                at: 0,
+                needed: 1,
+                left: 0
+            })
+        );
+        // Field 15 opened, field 14 closed.
+        assert_eq!(
+            scan_object(&[0x7b, 0x74]),
+            Err(WireError::WireType {
+                at: 0,
+                wire_type: 4
+            })
+        );
+    }
+
+    /// An Object whose `request.return_overrides.headers` entry (level 4) holds `groups` nested
+    /// groups.
+    fn deep_in_return_overrides(groups: usize) -> Vec<u8> {
+        let mut entry = Vec::new();
+        put_len_record(&mut entry, field::MAP_KEY, b"X-A");
+        entry.extend_from_slice(&nested_groups(groups));
+        let mut overrides = Vec::new();
+        put_len_record(&mut overrides, 3, &entry);
+        let mut request = Vec::new();
+        put_len_record(&mut request, 10, &overrides);
+        let mut object = Vec::new();
+        put_len_record(&mut object, field::REQUEST, &request);
+        object
+    }
+
+    #[test]
+    fn the_scan_walks_every_level_prost_decodes_and_counts_the_levels_above() {
+        let at_bound = deep_in_return_overrides(MAX_DEPTH - 4);
+        assert_eq!(scan_object(&at_bound), Ok(ObjectSummary::default()));
+        let decoded = pb::Object::decode(at_bound.as_slice()).expect("valid");
+        let overrides = decoded.request.and_then(|r| r.return_overrides);
+        assert_eq!(
+            overrides.map(|o| o.headers),
+            Some([("X-A".to_string(), String::new())].into())
+        );
+        // One more group is refused, at its offset in the entry (after the 5-byte key).
+        assert_eq!(
+            scan_object(&deep_in_return_overrides(MAX_DEPTH - 3)),
+            Err(WireError::TooDeep {
+                at: 5 + MAX_DEPTH - 4,
+                limit: MAX_DEPTH
+            })
+        );
+    }
+
+    #[test]
+    fn the_deepest_path_of_the_schema_is_walked() {
+        // Object > session > access_rights entry > AccessDefinition > AccessSpec (level 5).
+        let object = |groups: usize| {
+            let mut spec = Vec::new();
+            put_len_record(&mut spec, 1, b"/a");
+            spec.extend_from_slice(&nested_groups(groups));
+            let mut definition = Vec::new();
+            put_len_record(&mut definition, 4, &spec);
+            let mut entry = Vec::new();
+            put_len_record(&mut entry, field::MAP_KEY, b"api");
+            put_len_record(&mut entry, field::MAP_VALUE, &definition);
+            let mut session = Vec::new();
+            put_len_record(&mut session, 10, &entry);
+            let mut object = Vec::new();
+            put_len_record(&mut object, field::SESSION, &session);
+            object
+        };
+        assert!(scan_object(&object(MAX_DEPTH - 5)).is_ok());
+        let decoded = pb::Object::decode(object(MAX_DEPTH - 5).as_slice()).expect("valid");
+        let rights = decoded.session.expect("session").access_rights;
+        assert_eq!(rights["api"].allowed_urls[0].url, "/a");
+        assert!(matches!(
+            scan_object(&object(MAX_DEPTH - 4)),
+            Err(WireError::TooDeep { limit: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn body_strings_are_dropped_within_the_bound_and_refused_past_it() {
+        let object = |groups: usize| {
+            let mut request = Vec::new();
+            put_len_record(&mut request, field::REQUEST_BODY, b"text");
+            request.extend_from_slice(&nested_groups(groups));
+            let mut object = Vec::new();
+            put_len_record(&mut object, field::REQUEST, &request);
+            object
+        };
+        // The request is level 2.
+        let dropped = drop_body_strings(&object(MAX_DEPTH - 2))
+            .expect("within the bound")
+            .expect("had a body");
+        assert!(dropped.ends_with(&nested_groups(MAX_DEPTH - 2)));
+        assert!(!dropped.windows(4).any(|w| w == b"text"));
+        assert!(matches!(
+            drop_body_strings(&object(MAX_DEPTH - 1)),
+            Err(WireError::TooDeep { limit: 64, .. })
+        ));
+    }
+
+    #[test]
+    fn records_at_any_level_never_index_past_their_stack() {
+        let bytes = nested_groups(MAX_DEPTH - 1);
+        // Level 0 is read as level 1.
+        assert_eq!(Records::at_depth(&bytes, 0).count(), 1);
+        assert!(Records::at_depth(&bytes, 0).all(|r| r.is_ok()));
+        // A message already past the bound refuses its first group.
+        assert_eq!(
+            Records::at_depth(&bytes, MAX_DEPTH + 10).next(),
+            Some(Err(WireError::TooDeep {
+                at: 0,
+                limit: MAX_DEPTH
+            }))
         );
     }
 

@@ -107,9 +107,10 @@ fn nested<T: Message + Default>(
     }
 }
 
-/// Applies `changes` to the message `original`: the first record of a changed field is
-/// replaced by its new records, later ones dropped; fields absent before are appended.
-fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireError> {
+/// Applies `changes` to the message `original`, nested at level `depth` (1: the Object): the
+/// first record of a changed field is replaced by its new records, later ones dropped; fields
+/// absent before are appended. Recursion follows `changes` (the schema), not the input.
+fn apply(original: &[u8], depth: usize, changes: &[(u32, Change)]) -> Result<BytesMut, WireError> {
     let mut out = BytesMut::with_capacity(original.len() + added_len(changes));
     // Which changes were written, by index (a message has fewer than 64 fields we know).
     let mut done: u64 = 0;
@@ -121,7 +122,7 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
     } else {
         Vec::new()
     };
-    for record in Records::new(original).take_while(|_| any_nested) {
+    for record in Records::at_depth(original, depth).take_while(|_| any_nested) {
         let record = record?;
         if let Some(i) = changes
             .iter()
@@ -136,7 +137,7 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
             }
         }
     }
-    for record in Records::new(original) {
+    for record in Records::at_depth(original, depth) {
         let record = record?;
         match changes
             .iter()
@@ -147,13 +148,13 @@ fn apply(original: &[u8], changes: &[(u32, Change)]) -> Result<BytesMut, WireErr
             Some(i) => {
                 done |= 1 << i;
                 let nested_original = nested_payloads.get(i).map_or(&[][..], |p| &p[..]);
-                emit(&mut out, &changes[i], nested_original)?;
+                emit(&mut out, depth, &changes[i], nested_original)?;
             }
         }
     }
     for (i, change) in changes.iter().enumerate() {
         if done & (1 << i) == 0 {
-            emit(&mut out, change, &[])?;
+            emit(&mut out, depth, change, &[])?;
         }
     }
     Ok(out)
@@ -172,13 +173,14 @@ fn added_len(changes: &[(u32, Change)]) -> usize {
 
 fn emit(
     out: &mut BytesMut,
+    depth: usize,
     (number, change): &(u32, Change),
     nested_original: &[u8],
 ) -> Result<(), WireError> {
     match change {
         Change::Records(bytes) => out.put_slice(bytes),
         Change::Nested(changes) => {
-            let inner = apply(nested_original, changes)?;
+            let inner = apply(nested_original, depth + 1, changes)?;
             wire::put_len_record(out, *number, &inner);
         }
     }
@@ -219,7 +221,7 @@ pub fn reply_bytes(
     if changes.is_empty() {
         return Ok(None);
     }
-    Ok(Some(apply(original, &changes)?.freeze()))
+    Ok(Some(apply(original, 1, &changes)?.freeze()))
 }
 
 #[cfg(test)]
@@ -328,6 +330,50 @@ mod tests {
         let reply = reply_bytes(&original, &old, new.clone()).unwrap().unwrap();
         assert!(!reply.windows(4).any(|w| w == b"body"));
         assert_eq!(pb::Object::decode(reply).unwrap(), new);
+    }
+
+    /// `sample()` with `groups` nested groups of an unknown field in its `return_overrides`
+    /// (level 3).
+    fn with_deep_overrides(groups: usize) -> Vec<u8> {
+        let mut object = sample();
+        let request = object.request.as_mut().unwrap();
+        let mut overrides = request.return_overrides.take().unwrap().encode_to_vec();
+        overrides.extend_from_slice(&wire::tests::nested_groups(groups));
+        let mut request = object.request.take().unwrap().encode_to_vec();
+        wire::put_len_record(&mut request, 10, &overrides);
+        let mut bytes = object.encode_to_vec();
+        wire::put_len_record(&mut bytes, 3, &request);
+        bytes
+    }
+
+    fn changed_override(old: &pb::Object) -> pb::Object {
+        let mut new = old.clone();
+        let request = new.request.as_mut().unwrap();
+        request.return_overrides.as_mut().unwrap().response_code = 403;
+        new
+    }
+
+    #[test]
+    fn edits_within_the_bound_keep_the_deep_unknown_field() {
+        let original = with_deep_overrides(wire::MAX_DEPTH - 3);
+        let old = pb::Object::decode(original.as_slice()).unwrap();
+        let new = changed_override(&old);
+        let reply = reply_bytes(&original, &old, new.clone()).unwrap().unwrap();
+        let groups = wire::tests::nested_groups(wire::MAX_DEPTH - 3);
+        assert!(reply.windows(groups.len()).any(|w| w == groups));
+        assert_eq!(pb::Object::decode(reply).unwrap(), new);
+    }
+
+    #[test]
+    fn edits_past_the_bound_are_refused() {
+        let original = with_deep_overrides(wire::MAX_DEPTH - 2);
+        // prost's limit (100) is looser than ours; the edit walk is what refuses.
+        let old = pb::Object::decode(original.as_slice()).unwrap();
+        let err = reply_bytes(&original, &old, changed_override(&old)).unwrap_err();
+        assert!(
+            matches!(err, WireError::TooDeep { limit: 64, .. }),
+            "{err:?}"
+        );
     }
 
     #[test]

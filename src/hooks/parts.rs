@@ -113,14 +113,15 @@ impl ObjectParts {
                 REQUEST if self.request != 0 => {
                     // Two passes, length first, so the records go straight into `out`.
                     let mut len = 0;
-                    for inner in Records::new(record.payload) {
+                    // The request sits at level 2: its groups get what is left of the bound.
+                    for inner in Records::at_depth(record.payload, 2) {
                         let inner = inner?;
                         if self.has_request_field(inner.field) {
                             len += inner.span.len();
                         }
                     }
                     wire::put_len_prefix(out, REQUEST, len);
-                    for inner in Records::new(record.payload).flatten() {
+                    for inner in Records::at_depth(record.payload, 2).flatten() {
                         if self.has_request_field(inner.field) {
                             out.put_slice(&record.payload[inner.span]);
                         }
@@ -187,6 +188,57 @@ mod tests {
         object.request.as_mut().unwrap().set_headers.clear();
         let got = selected(ObjectParts::REQUEST_HEADER_EDITS, &object);
         assert_eq!(got.request, Some(pb::MiniRequestObject::default()));
+    }
+
+    /// `sample()` with `groups` nested groups of an unknown field in its request (level 2).
+    fn with_deep_request(groups: usize) -> Vec<u8> {
+        let mut object = sample();
+        let mut request = object.request.take().unwrap().encode_to_vec();
+        request.extend_from_slice(&wire::tests::nested_groups(groups));
+        let mut bytes = object.encode_to_vec();
+        wire::put_len_record(&mut bytes, REQUEST, &request);
+        bytes
+    }
+
+    #[test]
+    fn nesting_up_to_the_bound_is_selected() {
+        let bytes = with_deep_request(wire::MAX_DEPTH - 2);
+        for parts in [ObjectParts::REQUEST_HEADER_EDITS, ObjectParts::ALL] {
+            let mut out = Vec::new();
+            parts.select(&bytes, &mut out).expect("within the bound");
+            let got = pb::Object::decode(out.as_slice()).expect("prost agrees");
+            assert_eq!(got.request.expect("request").set_headers.len(), 1);
+        }
+        // The whole Object at level 1 may hold one group more.
+        let mut top = sample().encode_to_vec();
+        top.extend_from_slice(&wire::tests::nested_groups(wire::MAX_DEPTH - 1));
+        let mut out = Vec::new();
+        ObjectParts::SPEC
+            .select(&top, &mut out)
+            .expect("within the bound");
+        assert_eq!(pb::Object::decode(out.as_slice()).unwrap().spec.len(), 1);
+    }
+
+    #[test]
+    fn nesting_past_the_bound_is_refused_in_the_request_and_at_the_top() {
+        let bytes = with_deep_request(wire::MAX_DEPTH - 1);
+        let err = ObjectParts::REQUEST_HEADER_EDITS
+            .select(&bytes, &mut Vec::new())
+            .unwrap_err();
+        assert!(
+            matches!(err, WireError::TooDeep { limit: 64, .. }),
+            "{err:?}"
+        );
+        let mut top = sample().encode_to_vec();
+        let at = top.len() + wire::MAX_DEPTH - 1;
+        top.extend_from_slice(&vec![0x0b; 20_000]);
+        assert_eq!(
+            ObjectParts::HOOK.select(&top, &mut Vec::new()),
+            Err(WireError::TooDeep {
+                at,
+                limit: wire::MAX_DEPTH
+            })
+        );
     }
 
     #[test]

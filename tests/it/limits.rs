@@ -179,3 +179,201 @@ async fn without_a_known_limit_utf8_bodies_are_fitted_under_the_gateway_default(
     );
     app.shutdown().await;
 }
+
+/// The reported message: `levels` start-group tags of field 1 (0x0b) and their end tags
+/// (0x0c), well formed, so only the depth is wrong with it. 20000 levels once overflowed the
+/// stack in the wire scan and aborted the process.
+fn nested_groups(levels: usize) -> Vec<u8> {
+    let mut bytes = vec![0x0b; levels];
+    bytes.resize(2 * levels, 0x0c);
+    bytes
+}
+
+/// `levels` nested groups of field 15, unknown to every message of the schema.
+fn unknown_nested_groups(levels: usize) -> Vec<u8> {
+    let mut bytes = vec![0x7b; levels];
+    bytes.resize(2 * levels, 0x7c);
+    bytes
+}
+
+const TOO_DEEP_AT_63: &str = "malformed coprocess.Object: nesting deeper than 64 levels at byte 63";
+
+fn malformed_count(metrics: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix("tyk_dispatcher_rejected_calls_total{reason=\"malformed\"} ")
+        })
+        .and_then(|value| value.trim().parse().ok())
+}
+
+fn deep_hook() -> tyk_dispatcher::hooks::HookConfig {
+    tyk_dispatcher::hooks::HookConfig {
+        name: "Deep".into(),
+        hook_type: tyk_dispatcher::hooks::HookTypeName::Pre,
+        api_ids: Vec::new(),
+        steps: vec![tyk_dispatcher::hooks::StepConfig {
+            kind: "set_headers".into(),
+            settings: serde_json::json!({"headers": {"x-team": "payments"}})
+                .as_object()
+                .cloned()
+                .unwrap_or_default(),
+        }],
+        deadline_ms: 500,
+        on_error: tyk_dispatcher::hooks::OnError::FailClosed,
+        dry_run: false,
+    }
+}
+
+fn hooked_object() -> pb::Object {
+    let mut object = seed_object();
+    object.hook_type = pb::HookType::Pre as i32;
+    object.hook_name = "Deep".into();
+    object
+}
+
+#[tokio::test]
+async fn twenty_thousand_nested_groups_are_refused_without_a_hook_and_the_server_keeps_serving() {
+    let app = spawn_app(config_with(|_| {})).await;
+    let channel = app.channel().await;
+    let bytes = nested_groups(20_000);
+    assert_eq!(bytes.len(), 40_000);
+    let err = call_raw(channel.clone(), DISPATCH, bytes)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), TOO_DEEP_AT_63);
+    // The same start tags never closed: refused at the same tag, before the end is missed.
+    let err = call_raw(channel.clone(), DISPATCH, vec![0x0b; 23_000])
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert_eq!(err.message(), TOO_DEEP_AT_63);
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert_eq!(malformed_count(&metrics), Some(2), "{metrics}");
+    let request = seed_object().encode_to_vec();
+    let reply = call_raw(channel, DISPATCH, request.clone())
+        .await
+        .expect("still serving");
+    assert_eq!(reply.as_ref(), request.as_slice());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn nested_groups_are_refused_before_a_hook_runs_at_any_level_of_the_object() {
+    let app = spawn_app(config_with(|c| c.hooks = vec![deep_hook()])).await;
+    let channel = app.channel().await;
+    let object = hooked_object();
+    // After the Object's own fields: the byte offset of the 64th start tag in the message.
+    let mut top = object.encode_to_vec();
+    let at = top.len() + 63;
+    top.extend_from_slice(&nested_groups(20_000));
+    // Inside the request (level 2), where only a walk of the request sees them.
+    let mut inner = object.clone();
+    let mut request = inner.request.take().unwrap().encode_to_vec();
+    request.extend_from_slice(&unknown_nested_groups(20_000));
+    let mut in_request = inner.encode_to_vec();
+    tyk_dispatcher::wire::put_len_record(&mut in_request, 3, &request);
+    let cases = [
+        (
+            top,
+            format!("malformed coprocess.Object: nesting deeper than 64 levels at byte {at}"),
+        ),
+        (
+            in_request,
+            format!(
+                "malformed coprocess.Object: nesting deeper than 64 levels at byte {}",
+                request.len() - 40_000 + 62
+            ),
+        ),
+    ];
+    for (bytes, message) in cases {
+        let err = call_raw(channel.clone(), DISPATCH, bytes)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument);
+        assert_eq!(err.message(), message);
+    }
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert_eq!(malformed_count(&metrics), Some(2), "{metrics}");
+    // Within the bound the hook runs as usual and the unknown groups travel back.
+    let mut within = object.encode_to_vec();
+    within.extend_from_slice(&unknown_nested_groups(63));
+    let reply = call_raw(channel, DISPATCH, within)
+        .await
+        .expect("within the bound");
+    assert!(reply.ends_with(&unknown_nested_groups(63)));
+    let decoded = pb::Object::decode(reply).unwrap();
+    assert_eq!(
+        decoded
+            .request
+            .unwrap()
+            .set_headers
+            .get("X-Team")
+            .map(String::as_str),
+        Some("payments")
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_deeply_nested_event_is_answered_empty_and_counted_unparsable() {
+    let app = spawn_app(config_with(|_| {})).await;
+    let channel = app.channel().await;
+    let mut event = Vec::new();
+    tyk_dispatcher::wire::put_len_record(&mut event, 1, br#"{"message":{"Type":"X"}}"#);
+    event.extend_from_slice(&nested_groups(20_000));
+    let reply = call_raw(channel.clone(), DISPATCH_EVENT, event)
+        .await
+        .expect("events are always answered");
+    assert!(reply.is_empty(), "an empty EventReply");
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert!(
+        metrics.contains("tyk_dispatcher_events_unparsable_total 1"),
+        "{metrics}"
+    );
+    let request = seed_object().encode_to_vec();
+    let reply = call_raw(channel, DISPATCH, request.clone())
+        .await
+        .expect("still serving");
+    assert_eq!(reply.as_ref(), request.as_slice());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_real_binary_survives_nested_groups_and_warns_once_per_call() {
+    let process = Process::start(&[("TYK_DISPATCHER_LISTEN", "127.0.0.1:0")], &[]);
+    let (grpc, _) = process.ready().await;
+    let channel = connect(grpc[0].parse().unwrap()).await;
+    let err = call_raw(channel.clone(), DISPATCH, nested_groups(20_000))
+        .await
+        .unwrap_err();
+    assert_eq!(err.message(), TOO_DEEP_AT_63);
+    let mut event = Vec::new();
+    tyk_dispatcher::wire::put_len_record(&mut event, 1, b"{}");
+    event.extend_from_slice(&nested_groups(20_000));
+    let reply = call_raw(channel.clone(), DISPATCH_EVENT, event)
+        .await
+        .expect("answered");
+    assert!(reply.is_empty());
+    let request = seed_object().encode_to_vec();
+    let reply = call_raw(channel, DISPATCH, request.clone())
+        .await
+        .expect("still serving");
+    assert_eq!(reply.as_ref(), request.as_slice());
+    let refused = process.logs("malformed Object refused");
+    assert_eq!(refused.len(), 1, "{}", process.log_text());
+    assert_eq!(refused[0]["level"], "WARN");
+    assert_eq!(refused[0]["request_bytes"], 40_000);
+    assert_eq!(
+        refused[0]["error"],
+        "nesting deeper than 64 levels at byte 63"
+    );
+    let event = process.logs("malformed Event message");
+    assert_eq!(event.len(), 1, "{}", process.log_text());
+    assert_eq!(event[0]["level"], "WARN");
+    assert_eq!(
+        event[0]["error"],
+        "nesting deeper than 64 levels at byte 67"
+    );
+}

@@ -7,6 +7,7 @@
 mod binary;
 mod bounds;
 mod dispatch;
+mod fuzz_corpus;
 mod grpcurl;
 mod helpers;
 mod hooks;

@@ -100,6 +100,11 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// [`load_keys`], for [`super::parsers`] (the fuzz harness).
+pub(super) fn check_keys_file(path: &std::path::Path) -> Result<(), String> {
+    load_keys(path).map(drop)
+}
+
 fn load_keys(path: &std::path::Path) -> Result<KeyIndex, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| format!("cannot read keys_file {}: {err}", path.display()))?;

@@ -244,6 +244,14 @@ fn entry_key(entry: &KeyEntry, dir: &Path, read: &mut Vec<PathBuf>) -> Result<De
     }
 }
 
+/// [`load_keys_file`] and [`parse_jwks`], for [`super::parsers`] (the fuzz harness).
+pub(super) fn check_keys(path: Option<&Path>, jwks: &[u8]) -> Result<(), String> {
+    match path {
+        Some(path) => load_keys_file(path).map(drop),
+        None => parse_jwks(jwks, "(fuzz input)").map(drop),
+    }
+}
+
 /// Reads a keys file; also returns the secret files it named (watched for changes too).
 fn load_keys_file(path: &Path) -> Result<(KeySet, Vec<PathBuf>), String> {
     let text = std::fs::read_to_string(path)

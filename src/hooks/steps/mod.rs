@@ -31,6 +31,37 @@ use std::{
     sync::Arc,
 };
 
+/// The parsers of keys files and JWKS documents, for the fuzz harness and its corpus replay
+/// ([`crate::fuzzing`]); not an API.
+#[doc(hidden)]
+pub mod parsers {
+    use std::path::Path;
+
+    /// Reads an `api_key_auth` keys file.
+    ///
+    /// # Errors
+    /// What the step would refuse the file with.
+    pub fn api_keys_file(path: &Path) -> Result<(), String> {
+        super::api_key::check_keys_file(path)
+    }
+
+    /// Reads a `jwt_auth` keys file (and the secret files it names).
+    ///
+    /// # Errors
+    /// What the step would refuse the file with.
+    pub fn jwt_keys_file(path: &Path) -> Result<(), String> {
+        super::jwt::check_keys(Some(path), &[])
+    }
+
+    /// Parses a JWKS document.
+    ///
+    /// # Errors
+    /// What the step would refuse the document with.
+    pub fn jwks(bytes: &[u8]) -> Result<(), String> {
+        super::jwt::check_keys(None, bytes)
+    }
+}
+
 use serde::de::DeserializeOwned;
 
 use super::{

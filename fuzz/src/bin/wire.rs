@@ -1,0 +1,8 @@
+//! Fuzz target `wire`: the input goes to `tyk_dispatcher::fuzzing::run("wire", …)`, the same
+//! entry point the corpus replay test uses.
+
+fn main() {
+    afl::fuzz!(|data: &[u8]| {
+        tyk_dispatcher::fuzzing::run("wire", data);
+    });
+}
