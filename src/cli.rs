@@ -105,6 +105,16 @@ fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
     for note in &loaded.notes {
         tracing::warn!("{note}");
     }
+    // Before anything opens a file: connection caps are measured against the raised limit.
+    match crate::hygiene::raise_nofile_limit() {
+        Ok(limit) => tracing::info!(
+            soft_before = limit.soft_before,
+            soft = limit.soft,
+            hard = limit.hard,
+            "open-file limit"
+        ),
+        Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads);

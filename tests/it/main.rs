@@ -10,6 +10,7 @@ mod dispatch;
 mod grpcurl;
 mod helpers;
 mod hooks;
+mod hygiene;
 mod lifecycle;
 mod limits;
 mod tls;
