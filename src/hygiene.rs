@@ -230,18 +230,16 @@ pub struct NofileLimit {
 /// Raises the soft RLIMIT_NOFILE to the hard limit, so connection caps and the admin port's
 /// reserve are measured against all the process may open.
 ///
+/// Logs nothing: it runs before the configuration is known to be good, and a refused start
+/// prints only its problems.
+///
 /// # Errors
 /// When the limit cannot be read. A failure to raise it leaves the soft limit as it was.
 pub fn raise_nofile_limit() -> io::Result<NofileLimit> {
     let (soft_before, hard) = rlimit::Resource::NOFILE.get()?;
-    let soft = if soft_before < hard {
-        match rlimit::Resource::NOFILE.set(hard, hard) {
-            Ok(()) => hard,
-            Err(err) => {
-                tracing::warn!(soft = soft_before, hard, error = %err, "cannot raise the open-file limit");
-                soft_before
-            }
-        }
+    // Refused (say, by a seccomp policy): the soft limit stays, and the caller sees soft < hard.
+    let soft = if soft_before < hard && rlimit::Resource::NOFILE.set(hard, hard).is_ok() {
+        hard
     } else {
         soft_before
     };
