@@ -121,6 +121,7 @@ pub struct App {
     admin: Vec<TcpListener>,
     tls: Option<Arc<ReloadingConfig>>,
     connections: ConnectionServer,
+    max_connections: usize,
     health: HealthReporter,
     lifecycle: Lifecycle,
     metrics: Metrics,
@@ -247,8 +248,23 @@ impl AppBuilder {
                     .map(|l| (l, tls.clone())),
             );
         }
-        let connections =
-            ConnectionServer::new(&config, routes, lifecycle.clone(), metrics.clone());
+        let nofile = crate::hygiene::nofile_soft_limit();
+        let (max_connections, lowered) = config.connection_cap(nofile);
+        if lowered && config.max_connections.is_some() {
+            tracing::warn!(
+                max_connections = config.max_connections,
+                open_file_limit = nofile,
+                effective = max_connections,
+                "max_connections lowered to fit the open-file limit, with room for the admin port"
+            );
+        }
+        let connections = ConnectionServer::new(
+            &config,
+            routes,
+            lifecycle.clone(),
+            metrics.clone(),
+            max_connections,
+        );
         Ok(App {
             config,
             hooks,
@@ -257,6 +273,7 @@ impl AppBuilder {
             admin,
             tls,
             connections,
+            max_connections,
             health,
             lifecycle,
             metrics,
@@ -329,6 +346,7 @@ impl App {
             admin,
             tls,
             connections,
+            max_connections,
             health,
             lifecycle,
             metrics,
@@ -346,14 +364,26 @@ impl App {
             tokio::spawn(crate::reload::watch(
                 sources,
                 hooks,
-                metrics,
+                metrics.clone(),
                 interval,
                 admin_stop.clone(),
             ));
         }
+        let admin_limits = admin::AdminLimits {
+            header_read_timeout: std::time::Duration::from_secs(
+                config.admin_header_read_timeout_secs,
+            ),
+            max_connections: config.admin_max_connections,
+        };
         for listener in admin {
             tracing::info!(addr = %listener.local_addr().map_err(AppError::Admin)?, "admin interface");
-            admin_tasks.spawn(admin::serve(listener, router.clone(), admin_stop.clone()));
+            admin_tasks.spawn(admin::serve(
+                listener,
+                router.clone(),
+                admin_limits,
+                metrics.clone(),
+                admin_stop.clone(),
+            ));
         }
         if let Some(tls) = &tls {
             let interval = std::time::Duration::from_secs(config.tls_reload_interval_secs);
@@ -376,6 +406,8 @@ impl App {
             max_reply_bytes = config.max_reply_bytes,
             reflection = config.reflection,
             traces = config.otlp_endpoint.as_deref().unwrap_or("off"),
+            max_connections,
+            admin_max_connections = config.admin_max_connections,
             "serving"
         );
 

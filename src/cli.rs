@@ -105,6 +105,8 @@ fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
     for note in &loaded.notes {
         tracing::warn!("{note}");
     }
+    // Before the app is built: its connection caps are measured against the raised limit.
+    let nofile = crate::hygiene::raise_nofile_limit();
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = config.worker_threads {
         runtime.worker_threads(threads);
@@ -112,6 +114,21 @@ fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
     let runtime = runtime.enable_all().build().map_err(RunError::Runtime)?;
     runtime.block_on(async {
         let app = builder.build().await?;
+        // Logged once the start is sure: a refused one prints only its problems.
+        match nofile {
+            Ok(limit) if limit.soft < limit.hard => tracing::warn!(
+                soft = limit.soft,
+                hard = limit.hard,
+                "open-file limit: the soft limit could not be raised to the hard one"
+            ),
+            Ok(limit) => tracing::info!(
+                soft_before = limit.soft_before,
+                soft = limit.soft,
+                hard = limit.hard,
+                "open-file limit"
+            ),
+            Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
+        }
         let stop = CancellationToken::new();
         tokio::spawn(lifecycle::stop_on_signals(stop.clone()));
         app.run_until_stopped(stop).await

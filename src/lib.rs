@@ -14,6 +14,7 @@
 //! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
 //! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
 //! - [`listener`]: TCP, Unix-socket and TLS listeners.
+//! - [`hygiene`]: handshake and first-call watches, `accept` back-off, the open-file limit.
 //! - [`tls`]: rustls configuration with certificate reload.
 //! - [`reload`]: hooks reloaded when the config file changes.
 //! - [`admin`]: the side HTTP port: `/livez`, `/readyz`, `/metrics`.
@@ -34,6 +35,7 @@ pub mod event_log;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod hooks;
+pub mod hygiene;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;

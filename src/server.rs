@@ -4,8 +4,19 @@
 //! Connections are served with hyper directly rather than through tonic's `Server`, so that the
 //! server decides the order of shutdown (listeners close before GOAWAY), counts connections for
 //! the drain, and gives each connection its own jittered maximum age.
+//!
+//! Hostile clients are bounded per connection: the TLS and HTTP/2 handshake must arrive within
+//! `handshake_timeout_secs` of accept, a connection that has made no call is closed after
+//! `idle_timeout_secs` (one that has made a call never is: the gateway keeps one connection and
+//! may leave it idle for hours), and at most `max_connections` are open, below the open-file
+//! limit so the admin port can still answer.
 
-use std::{io, pin::pin, sync::Arc, time::Duration};
+use std::{
+    io,
+    pin::pin,
+    sync::{Arc, atomic::AtomicBool, atomic::Ordering},
+    time::Duration,
+};
 
 use hyper::server::conn::http2;
 use hyper_util::{
@@ -15,24 +26,40 @@ use hyper_util::{
 use rand::Rng;
 use tokio::{
     io::{AsyncRead, AsyncWrite},
+    sync::{OwnedSemaphorePermit, Semaphore},
     task::JoinHandle,
+    time::Instant,
 };
 use tonic::service::Routes;
 use tonic_health::server::HealthReporter;
 
 use crate::{
+    bounds::WarnLimit,
     config::Config,
     dispatcher::Dispatcher,
+    hygiene::{AcceptBackoff, HandshakeWatch, MarkCalls},
     lifecycle::{ConnectionGuard, Lifecycle},
-    listener::Listener,
-    metrics::{Metrics, Rejection},
+    listener::{BoundAddr, Listener},
+    metrics::{Metrics, RefusedBy, Rejection, TimedOut},
     pb::{self, dispatcher_server::DispatcherServer},
     response::FinishedRoutes,
     tls::ReloadingConfig,
 };
 
-/// How long a TLS client may take to finish its handshake.
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams a client may open and reset before the server has accepted them, at once, before
+/// the connection is closed with GOAWAY ENHANCE_YOUR_CALM: the HTTP/2 rapid-reset attack
+/// (CVE-2023-44487). h2's default is 20; the gateway never resets streams in bulk, so a little
+/// more room costs nothing.
+const MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 64;
+/// Streams the server may reset because the client broke the protocol on them, before the
+/// connection is closed with GOAWAY ENHANCE_YOUR_CALM (hyper's default, made explicit).
+const MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// Largest header block a request may carry, decoded (hyper's default, made explicit). It also
+/// bounds CONTINUATION frames: h2 refuses more than this needs (at least 5).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// After a GOAWAY for idleness, how long the client has to notice before the connection is
+/// dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Builds the gRPC routes and the health reporter that mirrors readiness.
 ///
@@ -77,11 +104,23 @@ pub struct ConnectionServer {
     metrics: Metrics,
     max_age: Option<Duration>,
     age_grace: Duration,
+    handshake_timeout: Duration,
+    idle_timeout: Duration,
+    /// One permit per open connection, `max_connections` in all.
+    slots: Arc<Semaphore>,
+    refusals: Arc<WarnLimit>,
 }
 
 impl ConnectionServer {
-    /// Applies the HTTP/2 and connection settings of `config`.
-    pub fn new(config: &Config, routes: Routes, lifecycle: Lifecycle, metrics: Metrics) -> Self {
+    /// Applies the HTTP/2 and connection settings of `config`; at most `max_connections`
+    /// connections are open at once.
+    pub fn new(
+        config: &Config,
+        routes: Routes,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        max_connections: usize,
+    ) -> Self {
         let mut http2 = http2::Builder::new(TokioExecutor::new());
         http2
             .timer(TokioTimer::new())
@@ -90,7 +129,9 @@ impl ConnectionServer {
             .keep_alive_timeout(Duration::from_secs(config.keepalive_timeout_secs))
             // Large bodies are common: let windows grow with the connection's bandwidth.
             .adaptive_window(true)
-            .max_pending_accept_reset_streams(Some(64));
+            .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
+            .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
+            .max_header_list_size(MAX_HEADER_LIST_BYTES);
         let routes = FinishedRoutes::new(routes, metrics.rejections(Rejection::RequestTooLarge));
         Self {
             routes,
@@ -99,6 +140,10 @@ impl ConnectionServer {
             metrics,
             max_age: config.max_connection_age_secs.map(Duration::from_secs),
             age_grace: Duration::from_secs(config.max_connection_age_grace_secs),
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            slots: Arc::new(Semaphore::new(max_connections)),
+            refusals: Arc::new(WarnLimit::default()),
         }
     }
 
@@ -110,8 +155,23 @@ impl ConnectionServer {
     where
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let service = TowerToHyperService::new(self.routes.clone());
+        let shaken = Arc::new(AtomicBool::new(false));
+        let called = Arc::new(AtomicBool::new(false));
+        let io = HandshakeWatch::new(io, shaken.clone());
+        let service = MarkCalls::new(
+            TowerToHyperService::new(self.routes.clone()),
+            called.clone(),
+        );
         let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), service));
+        // Both deadlines count from accept; each is checked once, when it comes.
+        let mut handshake_due = pin!(tokio::time::sleep_until(
+            tracked.accepted_at + self.handshake_timeout
+        ));
+        let mut handshake_checked = false;
+        let mut idle_due = pin!(tokio::time::sleep_until(
+            tracked.accepted_at + self.idle_timeout
+        ));
+        let mut idle_checked = false;
         // ±10% so connections opened together do not all reconnect together.
         let max_age = self
             .max_age
@@ -133,6 +193,24 @@ impl ConnectionServer {
                     }
                     break;
                 }
+                () = &mut handshake_due, if !handshake_checked => {
+                    handshake_checked = true;
+                    if !shaken.load(Ordering::Acquire) {
+                        tracing::debug!("no HTTP/2 handshake in time: closed");
+                        self.metrics.connections_timed_out(TimedOut::Handshake).inc();
+                        break;
+                    }
+                }
+                () = &mut idle_due, if !idle_checked && !closing => {
+                    idle_checked = true;
+                    if !called.load(Ordering::Relaxed) {
+                        tracing::debug!("no call in time: GOAWAY");
+                        self.metrics.connections_timed_out(TimedOut::Idle).inc();
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        grace_over.as_mut().reset(Instant::now() + IDLE_CLOSE_GRACE);
+                    }
+                }
                 () = &mut age, if !closing => {
                     tracing::debug!("connection reached its maximum age: GOAWAY");
                     conn.as_mut().graceful_shutdown();
@@ -144,7 +222,9 @@ impl ConnectionServer {
                     closing = true;
                 }
                 () = &mut grace_over => {
-                    tracing::warn!("connection still busy after its age grace period: closed");
+                    if called.load(Ordering::Relaxed) {
+                        tracing::warn!("connection still busy after its grace period: closed");
+                    }
                     break;
                 }
                 () = self.lifecycle.abort_token().cancelled() => break,
@@ -163,31 +243,65 @@ impl ConnectionServer {
         tokio::spawn(async move {
             let close = server.lifecycle.close_listeners_token().clone();
             let listener_addr = listener.local_addr();
+            let mut backoff = AcceptBackoff::default();
             loop {
                 let accepted = tokio::select! {
                     () = close.cancelled() => break,
                     accepted = accept(&listener) => accepted,
                 };
                 match accepted {
-                    Ok(conn) => server.spawn_connection(conn, tls.clone()),
+                    Ok(conn) => {
+                        backoff.succeeded();
+                        server.admit(conn, tls.clone(), &listener_addr);
+                    }
                     Err(err) => {
-                        // Usually out of file descriptors: back off instead of spinning.
-                        tracing::warn!(listener = %listener_addr, error = %err, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        if let Some(pause) = backoff.failed(&listener_addr, &err) {
+                            tokio::select! {
+                                () = close.cancelled() => break,
+                                () = tokio::time::sleep(pause) => {}
+                            }
+                        }
                     }
                 }
             }
             // Connections the kernel already completed would be reset by close(): serve them.
             for conn in take_pending(&listener) {
-                server.spawn_connection(conn, tls.clone());
+                server.admit(conn, tls.clone(), &listener_addr);
             }
             drop(listener);
             tracing::info!(listener = %listener_addr, "listener closed");
         })
     }
 
-    fn spawn_connection(&self, conn: Accepted, tls: Option<Arc<ReloadingConfig>>) {
-        let tracked = Tracked::new(&self.lifecycle, &self.metrics);
+    /// Serves `conn` if a connection slot is free; otherwise closes it at once, counted, with a
+    /// rate-limited warning.
+    fn admit(&self, conn: Accepted, tls: Option<Arc<ReloadingConfig>>, listener: &BoundAddr) {
+        match self.slots.clone().try_acquire_owned() {
+            Ok(slot) => self.spawn_connection(conn, tls, slot),
+            Err(_) => {
+                drop(conn);
+                self.metrics
+                    .connections_refused(RefusedBy::MaxConnections)
+                    .inc();
+                if let Some(suppressed) = self.refusals.permit() {
+                    tracing::warn!(
+                        listener = %listener,
+                        open_connections = self.lifecycle.open_connections(),
+                        suppressed,
+                        "max_connections reached: connection closed"
+                    );
+                }
+            }
+        }
+    }
+
+    fn spawn_connection(
+        &self,
+        conn: Accepted,
+        tls: Option<Arc<ReloadingConfig>>,
+        slot: OwnedSemaphorePermit,
+    ) {
+        let tracked = Tracked::new(&self.lifecycle, &self.metrics, slot);
         let server = self.clone();
         tokio::spawn(async move {
             match (conn, tls) {
@@ -206,27 +320,39 @@ impl ConnectionServer {
         IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let acceptor = tokio_rustls::TlsAcceptor::from(tls.current());
-        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(io)).await {
+        // The TLS handshake spends the same deadline as the HTTP/2 one after it.
+        let due = tracked.accepted_at + self.handshake_timeout;
+        match tokio::time::timeout_at(due, acceptor.accept(io)).await {
             Ok(Ok(stream)) => self.serve(stream, tracked).await,
             Ok(Err(err)) => tracing::info!(error = %err, "TLS handshake failed"),
-            Err(_) => tracing::info!("TLS handshake timed out"),
+            Err(_) => {
+                self.metrics
+                    .connections_timed_out(TimedOut::Handshake)
+                    .inc();
+                tracing::info!("TLS handshake timed out");
+            }
         }
     }
 }
 
-/// An accepted connection, counted for the drain and in the metrics until dropped.
+/// An accepted connection, counted for the drain and in the metrics, and holding its slot
+/// under `max_connections`, until dropped.
 struct Tracked {
     _guard: ConnectionGuard,
+    _slot: OwnedSemaphorePermit,
     open: prometheus_client::metrics::gauge::Gauge,
+    accepted_at: Instant,
 }
 
 impl Tracked {
-    fn new(lifecycle: &Lifecycle, metrics: &Metrics) -> Self {
+    fn new(lifecycle: &Lifecycle, metrics: &Metrics, slot: OwnedSemaphorePermit) -> Self {
         metrics.connections.inc();
         metrics.connections_accepted.inc();
         Self {
             _guard: lifecycle.track_connection(),
+            _slot: slot,
             open: metrics.connections.clone(),
+            accepted_at: Instant::now(),
         }
     }
 }
@@ -246,8 +372,9 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
     match listener {
         Listener::Tcp(listener) => {
             let (stream, _) = listener.accept().await?;
-            // Small unary messages: do not wait to coalesce.
-            stream.set_nodelay(true)?;
+            // Small unary messages: do not wait to coalesce. A socket that refuses it is
+            // still served.
+            let _ = stream.set_nodelay(true);
             Ok(Accepted::Tcp(stream))
         }
         Listener::Unix(listener, _) => Ok(Accepted::Unix(listener.accept().await?.0)),

@@ -45,6 +45,15 @@ pub const SAMPLERS: &[&str] = &[
     "parentbased_always_off",
     "parentbased_traceidratio",
 ];
+/// Open gRPC connections allowed when `max_connections` is unset (the open-file limit may
+/// lower it).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Open admin connections allowed by default: probes and scrapes, with room to spare.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: usize = 32;
+/// File descriptors kept free of gRPC connections besides the admin connections: standard
+/// streams, the runtime's epoll and wakers, listeners, trace export, config and certificate
+/// reloads, a connection being refused.
+pub const FD_RESERVE: u64 = 32;
 /// gRPC frames carry a 32-bit length.
 pub const MAX_MESSAGE_BYTES: usize = u32::MAX as usize;
 
@@ -120,6 +129,22 @@ pub struct Config {
     pub keepalive_timeout_secs: u64,
     /// Concurrent calls per connection.
     pub max_concurrent_streams: u32,
+    /// Time from accept until the TLS handshake (on TLS listeners), the HTTP/2 preface and the
+    /// client's first SETTINGS frame have all arrived; past it the connection is closed.
+    pub handshake_timeout_secs: u64,
+    /// A connection that has made no call this long after accept is closed (GOAWAY). One that
+    /// has made a call is never closed for idleness: the gateway keeps one connection for good.
+    pub idle_timeout_secs: u64,
+    /// Open gRPC connections; past it new ones are accepted and closed at once. Unset:
+    /// [`DEFAULT_MAX_CONNECTIONS`]; either way held below the open-file limit (see
+    /// [`Config::connection_cap`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Time an admin client has to send a request's headers (also bounds an idle keep-alive
+    /// connection waiting for its next request).
+    pub admin_header_read_timeout_secs: u64,
+    /// Open admin connections; past it new ones are accepted and closed at once.
+    pub admin_max_connections: usize,
     /// Bytes of requests held at once across all calls; over it, calls get RESOURCE_EXHAUSTED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_bytes: Option<usize>,
@@ -204,6 +229,11 @@ impl Default for Config {
             keepalive_interval_secs: None,
             keepalive_timeout_secs: 20,
             max_concurrent_streams: 1024,
+            handshake_timeout_secs: 10,
+            idle_timeout_secs: 60,
+            max_connections: None,
+            admin_header_read_timeout_secs: 10,
+            admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             max_in_flight_bytes: None,
             worker_threads: None,
             reflection: true,
@@ -299,6 +329,19 @@ impl Config {
         })
     }
 
+    /// The gRPC connection cap in force under an open-file limit of `nofile` (the soft
+    /// RLIMIT_NOFILE): `max_connections` (or [`DEFAULT_MAX_CONNECTIONS`]), lowered so that the
+    /// admin connections and [`FD_RESERVE`] still fit, at least 1. Returns the cap and whether
+    /// the limit lowered it.
+    pub fn connection_cap(&self, nofile: u64) -> (usize, bool) {
+        let wanted = self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        let reserve = FD_RESERVE.saturating_add(self.admin_max_connections as u64);
+        let room = usize::try_from(nofile.saturating_sub(reserve))
+            .unwrap_or(usize::MAX)
+            .max(1);
+        (wanted.min(room), room < wanted)
+    }
+
     /// `shutdown_grace_secs` as a duration.
     pub fn shutdown_grace(&self) -> Duration {
         Duration::from_secs(self.shutdown_grace_secs)
@@ -375,6 +418,27 @@ impl Config {
         }
         if self.max_concurrent_streams == 0 {
             push("max_concurrent_streams", "0 would refuse every call".into());
+        }
+        for (key, secs) in [
+            ("handshake_timeout_secs", self.handshake_timeout_secs),
+            ("idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "admin_header_read_timeout_secs",
+                self.admin_header_read_timeout_secs,
+            ),
+        ] {
+            if secs == 0 {
+                push(key, "0 would close every connection at once".into());
+            }
+        }
+        if self.max_connections == Some(0) {
+            push("max_connections", "0 would refuse every connection".into());
+        }
+        if self.admin_max_connections == 0 {
+            push(
+                "admin_max_connections",
+                "0 would refuse every probe and scrape".into(),
+            );
         }
         if self.max_connection_age_secs == Some(0) {
             push(
@@ -617,6 +681,48 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .contains("max_in_flight_bytes: 1 is below")
+        );
+    }
+
+    #[test]
+    fn the_connection_cap_leaves_room_for_the_admin_port_under_the_fd_limit() {
+        let config = Config::default();
+        // 32 kept free, 32 admin connections.
+        assert_eq!(config.connection_cap(1_048_576), (10_000, false));
+        assert_eq!(config.connection_cap(1024), (960, true));
+        assert_eq!(config.connection_cap(10_064), (10_000, false));
+        assert_eq!(config.connection_cap(10_063), (9_999, true));
+        assert_eq!(config.connection_cap(16), (1, true), "never below one");
+        let explicit = Config {
+            max_connections: Some(50),
+            admin_max_connections: 4,
+            ..Config::default()
+        };
+        assert_eq!(explicit.connection_cap(1024), (50, false));
+        assert_eq!(explicit.connection_cap(80), (44, true));
+    }
+
+    #[test]
+    fn zero_timeouts_and_caps_are_refused() {
+        let config = Config {
+            handshake_timeout_secs: 0,
+            idle_timeout_secs: 0,
+            admin_header_read_timeout_secs: 0,
+            max_connections: Some(0),
+            admin_max_connections: 0,
+            ..Config::default()
+        };
+        let Problems(problems) = config.validate().unwrap_err();
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "handshake_timeout_secs",
+                "idle_timeout_secs",
+                "admin_header_read_timeout_secs",
+                "max_connections",
+                "admin_max_connections"
+            ]
         );
     }
 }

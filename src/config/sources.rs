@@ -38,6 +38,11 @@ pub const KEYS: &[&str] = &[
     "keepalive_interval_secs",
     "keepalive_timeout_secs",
     "max_concurrent_streams",
+    "handshake_timeout_secs",
+    "idle_timeout_secs",
+    "max_connections",
+    "admin_header_read_timeout_secs",
+    "admin_max_connections",
     "max_in_flight_bytes",
     "worker_threads",
     "reflection",
@@ -122,6 +127,26 @@ pub struct CliOverrides {
     #[arg(long, global = true, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_concurrent_streams: Option<u32>,
+    /// Time from accept to a finished TLS and HTTP/2 handshake.
+    #[arg(long, global = true, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub handshake_timeout_secs: Option<u64>,
+    /// Close connections that made no call for this long after accept.
+    #[arg(long, global = true, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Open gRPC connections at most.
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connections: Option<usize>,
+    /// Time an admin client has to send a request's headers.
+    #[arg(long, global = true, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_header_read_timeout_secs: Option<u64>,
+    /// Open admin connections at most.
+    #[arg(long, global = true, value_name = "N")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admin_max_connections: Option<usize>,
     /// Bytes of requests held at once across all calls.
     #[arg(long, global = true, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -450,6 +475,7 @@ mod tests {
             max_connection_age_secs: Some(1),
             keepalive_interval_secs: Some(1),
             max_in_flight_bytes: Some(1),
+            max_connections: Some(1),
             worker_threads: Some(1),
             otlp_endpoint: Some("http://c:4317".into()),
             otlp_headers: Some("a=b".into()),

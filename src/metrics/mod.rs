@@ -82,6 +82,44 @@ pub enum Rejection {
     RequestTooLarge,
 }
 
+/// Which cap refused a connection; the `reason` label of `connections_refused`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefusedBy {
+    /// `max_connections`, on a gRPC listener.
+    MaxConnections,
+    /// `admin_max_connections`, on the admin port.
+    AdminMaxConnections,
+}
+
+impl RefusedBy {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MaxConnections => "max_connections",
+            Self::AdminMaxConnections => "admin_max_connections",
+        }
+    }
+}
+
+/// Why a gRPC connection was closed by a timer; the `reason` label of `connections_timed_out`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimedOut {
+    /// TLS and HTTP/2 handshake not finished within `handshake_timeout_secs`.
+    Handshake,
+    /// No call within `idle_timeout_secs`.
+    Idle,
+}
+
+impl TimedOut {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Handshake => "handshake",
+            Self::Idle => "idle",
+        }
+    }
+}
+
 /// Longest hook name or API ID (in bytes) that becomes a label value; longer ones count as
 /// `other`. The count cap alone bounds series, not bytes: 200 distinct 64 KiB names made one
 /// scrape of `/metrics` tens of MB. `other` rather than a cut name: cut names that share a
@@ -289,6 +327,8 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Client connections accepted since start.
     pub connections_accepted: Counter,
+    connections_refused: Family<ReasonLabels, Counter>,
+    connections_timed_out: Family<ReasonLabels, Counter>,
     /// DispatchEvent payloads that were not JSON.
     pub events_unparsable: Counter,
     /// Spans handed to the exporter and accepted by the collector.
@@ -377,6 +417,28 @@ impl Metrics {
             "gRPC client connections accepted since start",
             connections_accepted.clone(),
         );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections accepted and closed at once because a connection cap was reached, by cap",
+            connections_refused.clone(),
+        );
+        let connections_timed_out = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_timed_out",
+            "gRPC connections closed for not finishing their handshake or making no call in time",
+            connections_timed_out.clone(),
+        );
+        for reason in [RefusedBy::MaxConnections, RefusedBy::AdminMaxConnections] {
+            let _ = connections_refused.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        for reason in [TimedOut::Handshake, TimedOut::Idle] {
+            let _ = connections_timed_out.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
         let events_unparsable = Counter::default();
         registry.register(
             "events_unparsable",
@@ -465,6 +527,8 @@ impl Metrics {
             replies_over_gateway_default,
             connections,
             connections_accepted,
+            connections_refused,
+            connections_timed_out,
             events_unparsable,
             spans_exported,
             spans_dropped,
@@ -582,6 +646,24 @@ impl Metrics {
             })
             .clone();
         Some(outcomes)
+    }
+
+    /// The counter of connections refused because `cap` was reached.
+    pub fn connections_refused(&self, cap: RefusedBy) -> Counter {
+        self.connections_refused
+            .get_or_create(&ReasonLabels {
+                reason: cap.as_str(),
+            })
+            .clone()
+    }
+
+    /// The counter of gRPC connections closed for `reason`.
+    pub fn connections_timed_out(&self, reason: TimedOut) -> Counter {
+        self.connections_timed_out
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .clone()
     }
 
     /// Counts a call refused for `reason`.

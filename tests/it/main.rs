@@ -11,6 +11,7 @@ mod fuzz_corpus;
 mod grpcurl;
 mod helpers;
 mod hooks;
+mod hygiene;
 mod lifecycle;
 mod limits;
 mod tls;
