@@ -1,5 +1,7 @@
 //! Receive limits, the in-flight budget and reply limits, over gRPC.
 
+use std::time::Duration;
+
 use prost::Message;
 use tonic::Code;
 use tyk_dispatcher::pb;
@@ -361,6 +363,13 @@ async fn the_real_binary_survives_nested_groups_and_warns_once_per_call() {
         .await
         .expect("still serving");
     assert_eq!(reply.as_ref(), request.as_slice());
+    // Log lines are read from the child's stdout by another thread: wait until both arrived.
+    process
+        .wait_for_log("malformed Object refused", Duration::from_secs(5))
+        .await;
+    process
+        .wait_for_log("malformed Event message", Duration::from_secs(5))
+        .await;
     let refused = process.logs("malformed Object refused");
     assert_eq!(refused.len(), 1, "{}", process.log_text());
     assert_eq!(refused[0]["level"], "WARN");
