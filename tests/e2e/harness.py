@@ -409,6 +409,8 @@ class Gateway:
         self.conf_path = workdir / f"{name}.conf"
         self.conf_path.write_text(json.dumps(self.conf, indent=1))
         genv = {k: v for k, v in os.environ.items() if not k.startswith(("TYK_", "OTEL_"))}
+        # Tyk makes a temporary folder at every start and never removes it: keep it in ours.
+        genv["TMPDIR"] = str(workdir)
         genv.update(env or {})
         self.env = genv
         self.proc = Proc(name, [str(tools.gateway), "--conf", str(self.conf_path)], workdir / f"{name}.log",

@@ -1,0 +1,3 @@
+module tyk-dispatcher/bench/httpload
+
+go 1.26

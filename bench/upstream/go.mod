@@ -1,0 +1,3 @@
+module tyk-dispatcher/bench/upstream
+
+go 1.26
