@@ -53,9 +53,16 @@ def mount_config(objs, tmp: Path) -> tuple[Path, dict[str, str]]:
     root = tmp / "etc-tyk-dispatcher"
     root.mkdir()
     text = dispatcher_toml(objs).replace(MOUNT + "/", f"{root}/")
-    for path in re.findall(rf'"({re.escape(str(root))}/[^"]+)"', text):
+    paths = re.findall(rf'"({re.escape(str(root))}/[^"]+)"', text)
+    if paths:
+        # check-config reads the mounted Secrets as the server would: a real key and certificate.
+        key, cert = tmp / "stand-in.key", tmp / "stand-in.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", "/CN=tyk-dispatcher",
+                        "-days", "2"], check=True, capture_output=True, timeout=30)
+    for path in paths:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text("stand-in for the mounted Secret\n")
+        shutil.copyfile(key if path.endswith(".key") else cert, path)
     config = root / "dispatcher.toml"
     config.write_text(text)
     return config, container_env(dispatcher_container(objs)["env"])

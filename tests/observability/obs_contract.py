@@ -39,6 +39,8 @@ STEP_OUTCOMES = {"unchanged", "modified", "responded", "failed"}
 AUTH_DECISIONS = {"allowed", "denied"}
 FAILURE_REASONS = {"deadline", "panic", "error"}
 RELOAD_RESULTS = {"success", "failure"}
+REFUSAL_REASONS = {"max_connections", "admin_max_connections"}
+TIMEOUT_REASONS = {"handshake", "idle"}
 
 FAMILIES: list[Family] = [
     _f("tyk_dispatcher_dispatch_requests", "counter", "hook_type", "hook_name", "outcome"),
@@ -54,6 +56,9 @@ FAMILIES: list[Family] = [
     _f("tyk_dispatcher_rejected_calls", "counter", "reason"),
     _f("tyk_dispatcher_connections", "gauge"),
     _f("tyk_dispatcher_connections_accepted", "counter"),
+    # Connection hygiene: refused over a connection cap, cut for a missed handshake or idle deadline.
+    _f("tyk_dispatcher_connections_refused", "counter", "reason"),
+    _f("tyk_dispatcher_connections_timed_out", "counter", "reason"),
     _f("tyk_dispatcher_reply_body_strings_dropped", "counter"),
     _f("tyk_dispatcher_replies_over_gateway_default_limit", "counter"),
     # Hook pipelines. `step` is the step's kind (two steps of one kind in a hook share series);
@@ -80,6 +85,8 @@ LABEL_VALUES: dict[str, dict[str, set[str]]] = {
     "tyk_dispatcher_auth_decisions": {"decision": AUTH_DECISIONS},
     "tyk_dispatcher_hook_failures": {"reason": FAILURE_REASONS},
     "tyk_dispatcher_config_reloads": {"result": RELOAD_RESULTS},
+    "tyk_dispatcher_connections_refused": {"reason": REFUSAL_REASONS},
+    "tyk_dispatcher_connections_timed_out": {"reason": TIMEOUT_REASONS},
 }
 
 # Equivalent declarations an exposition may use instead (same series in Prometheus).
@@ -116,6 +123,8 @@ DASHBOARD_REQUIRED_SERIES = {
     "process_resident_memory_bytes",
     "process_cpu_seconds_total",
     "tyk_dispatcher_connections",
+    "tyk_dispatcher_connections_refused_total",
+    "tyk_dispatcher_connections_timed_out_total",
     "tyk_dispatcher_rejected_calls_total",
     "tyk_dispatcher_spans_exported_total",
     "tyk_dispatcher_spans_dropped_total",
