@@ -151,6 +151,44 @@ fn unix_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
+/// The exporter settings both [`Traces::check`] and [`Traces::from_config`] start from.
+struct ExportSettings<'a> {
+    endpoint: &'a str,
+    headers: Vec<(String, String)>,
+    timeout: Duration,
+}
+
+impl<'a> ExportSettings<'a> {
+    /// `None` when export is off (no endpoint).
+    fn of(config: &'a Config) -> Result<Option<Self>, TracesError> {
+        let Some(endpoint) = config.otlp_endpoint.as_deref() else {
+            return Ok(None);
+        };
+        let headers = config
+            .otlp_headers
+            .as_deref()
+            .map(parse_headers)
+            .transpose()
+            .map_err(|reason| TracesError::Exporter {
+                endpoint: endpoint.to_string(),
+                reason,
+            })?
+            .unwrap_or_default();
+        Ok(Some(Self {
+            endpoint,
+            headers,
+            timeout: Duration::from_millis(config.otlp_timeout_ms),
+        }))
+    }
+
+    fn error(&self, reason: String) -> TracesError {
+        TracesError::Exporter {
+            endpoint: self.endpoint.to_string(),
+            reason,
+        }
+    }
+}
+
 impl Traces {
     /// IDs for logs, no export.
     pub fn disabled() -> Self {
@@ -163,26 +201,18 @@ impl Traces {
     /// # Errors
     /// What [`Traces::from_config`] would refuse.
     pub fn check(config: &Config) -> Result<(), TracesError> {
-        let Some(endpoint) = &config.otlp_endpoint else {
+        let Some(export) = ExportSettings::of(config)? else {
             return Ok(());
         };
-        let error = |reason: String| TracesError::Exporter {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        let headers = config
-            .otlp_headers
-            .as_deref()
-            .map(parse_headers)
-            .transpose()
-            .map_err(error)?
-            .unwrap_or_default();
-        let timeout = Duration::from_millis(config.otlp_timeout_ms);
         match config.otlp_protocol {
-            OtlpProtocol::Grpc => grpc_endpoint(endpoint, &headers, timeout).map(drop),
-            OtlpProtocol::HttpProtobuf => http_transport(endpoint, &headers, timeout).map(drop),
+            OtlpProtocol::Grpc => {
+                grpc_endpoint(export.endpoint, &export.headers, export.timeout).map(drop)
+            }
+            OtlpProtocol::HttpProtobuf => {
+                http_transport(export.endpoint, &export.headers, export.timeout).map(drop)
+            }
         }
-        .map_err(error)
+        .map_err(|reason| export.error(reason))
     }
 
     /// Sets up export as `config` says (off without `otlp_endpoint`). Must run inside the
@@ -191,27 +221,16 @@ impl Traces {
     /// # Errors
     /// When the exporter cannot be built from the settings.
     pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, TracesError> {
-        let Some(endpoint) = &config.otlp_endpoint else {
+        let Some(export) = ExportSettings::of(config)? else {
             return Ok(Self::disabled());
         };
-        let error = |reason: String| TracesError::Exporter {
-            endpoint: endpoint.clone(),
-            reason,
-        };
-        let headers = config
-            .otlp_headers
-            .as_deref()
-            .map(parse_headers)
-            .transpose()
-            .map_err(error)?
-            .unwrap_or_default();
-        let timeout = Duration::from_millis(config.otlp_timeout_ms);
         let transport = match config.otlp_protocol {
-            OtlpProtocol::Grpc => grpc_transport(endpoint, &headers, timeout).map_err(error)?,
+            OtlpProtocol::Grpc => grpc_transport(export.endpoint, &export.headers, export.timeout),
             OtlpProtocol::HttpProtobuf => {
-                http_transport(endpoint, &headers, timeout).map_err(error)?
+                http_transport(export.endpoint, &export.headers, export.timeout)
             }
-        };
+        }
+        .map_err(|reason| export.error(reason))?;
         let resource = resource_attributes(config.resource_attributes.as_deref());
         // OTEL_SERVICE_NAME wins over a service.name in OTEL_RESOURCE_ATTRIBUTES, which wins
         // over the default.
@@ -239,7 +258,7 @@ impl Traces {
                 queue_size: config.span_queue_size,
                 batch_size: config.span_batch_size,
                 delay: Duration::from_millis(config.span_batch_delay_ms),
-                export_timeout: timeout,
+                export_timeout: export.timeout,
             },
             SpanCounters {
                 exported: metrics.spans_exported.clone(),
