@@ -13,23 +13,47 @@ use crate::{bounds::WarnLimit, config::GATEWAY_DEFAULT_RECV_BYTES, metrics::Metr
 /// Bytes of request messages held at once across all calls.
 ///
 /// A gateway sets no deadline, sends 64 MiB messages and opens as many streams as it likes;
-/// without a budget a burst of large bodies could run a sidecar out of memory.
+/// without a budget a burst of large bodies could run a sidecar out of memory. A call is charged
+/// its message's length as soon as the 5-byte gRPC prefix has arrived, before the rest is read
+/// (see `charge`), and holds it until its reply body has been handed to HTTP/2 or dropped.
 #[derive(Debug, Clone)]
 pub struct InFlightBudget {
-    held: Arc<AtomicUsize>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    held: AtomicUsize,
     total: usize,
 }
 
-/// A share of the budget, returned when dropped.
+/// A share of the budget, returned when dropped. It may grow (never be refused) once the call
+/// has done its work, to account for an edited reply.
 #[derive(Debug)]
 pub struct BudgetShare {
-    held: Arc<AtomicUsize>,
-    bytes: usize,
+    shared: Arc<Shared>,
+    bytes: AtomicUsize,
 }
 
 impl Drop for BudgetShare {
     fn drop(&mut self) {
-        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.shared
+            .held
+            .fetch_sub(*self.bytes.get_mut(), Ordering::AcqRel);
+    }
+}
+
+impl BudgetShare {
+    /// Bytes this share holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds `bytes` to the share, over the budget if need be: the work is done, refusing now
+    /// would only waste it, and later calls see the memory it holds.
+    pub fn add(&self, bytes: usize) {
+        self.shared.held.fetch_add(bytes, Ordering::AcqRel);
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 }
 
@@ -37,8 +61,10 @@ impl InFlightBudget {
     /// A budget of `total` bytes.
     pub fn new(total: usize) -> Self {
         Self {
-            held: Arc::new(AtomicUsize::new(0)),
-            total,
+            shared: Arc::new(Shared {
+                held: AtomicUsize::new(0),
+                total,
+            }),
         }
     }
 
@@ -47,14 +73,15 @@ impl InFlightBudget {
     /// # Errors
     /// When the budget cannot hold `bytes` more.
     pub fn take(&self, bytes: usize) -> Result<BudgetShare, Status> {
-        let total = self.total;
-        self.held
+        let total = self.shared.total;
+        self.shared
+            .held
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
                 held.checked_add(bytes).filter(|after| *after <= total)
             })
             .map(|_| BudgetShare {
-                held: self.held.clone(),
-                bytes,
+                shared: self.shared.clone(),
+                bytes: AtomicUsize::new(bytes),
             })
             .map_err(|held| {
                 Status::resource_exhausted(format!(
@@ -65,7 +92,12 @@ impl InFlightBudget {
 
     /// Bytes held now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.shared.held.load(Ordering::Acquire)
+    }
+
+    /// The budget's size.
+    pub fn total(&self) -> usize {
+        self.shared.total
     }
 }
 
@@ -189,7 +221,12 @@ mod tests {
         );
         drop(a);
         assert_eq!(budget.held(), 0);
-        let _b = budget.take(100).unwrap();
+        let b = budget.take(100).unwrap();
+        // Growth after the work is done is never refused, and all of it comes back.
+        b.add(30);
+        assert_eq!((b.bytes(), budget.held()), (130, 130));
+        drop(b);
+        assert_eq!(budget.held(), 0);
     }
 
     fn object(body: &[u8], utf8: bool) -> Bytes {

@@ -35,10 +35,12 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     bounds::WarnLimit,
+    charge::{Charger, Charging},
     config::Config,
     dispatcher::Dispatcher,
     hygiene::{AcceptBackoff, HandshakeWatch, MarkCalls},
     lifecycle::{ConnectionGuard, Lifecycle},
+    limits::InFlightBudget,
     listener::{BoundAddr, Listener},
     metrics::{Metrics, RefusedBy, Rejection, TimedOut},
     pb::{self, dispatcher_server::DispatcherServer},
@@ -99,6 +101,7 @@ pub fn routes(
 #[derive(Debug, Clone)]
 pub struct ConnectionServer {
     routes: FinishedRoutes,
+    charger: Charger,
     http2: http2::Builder<TokioExecutor>,
     lifecycle: Lifecycle,
     metrics: Metrics,
@@ -117,6 +120,7 @@ impl ConnectionServer {
     pub fn new(
         config: &Config,
         routes: Routes,
+        budget: InFlightBudget,
         lifecycle: Lifecycle,
         metrics: Metrics,
         max_connections: usize,
@@ -133,8 +137,15 @@ impl ConnectionServer {
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .max_header_list_size(MAX_HEADER_LIST_BYTES);
         let routes = FinishedRoutes::new(routes, metrics.rejections(Rejection::RequestTooLarge));
+        let charger = Charger::new(
+            budget,
+            config.max_recv_bytes,
+            Duration::from_secs(config.request_progress_timeout_secs),
+            metrics.clone(),
+        );
         Self {
             routes,
+            charger,
             http2,
             lifecycle,
             metrics,
@@ -159,7 +170,7 @@ impl ConnectionServer {
         let called = Arc::new(AtomicBool::new(false));
         let io = HandshakeWatch::new(io, shaken.clone());
         let service = MarkCalls::new(
-            TowerToHyperService::new(self.routes.clone()),
+            TowerToHyperService::new(Charging::new(self.routes.clone(), self.charger.clone())),
             called.clone(),
         );
         let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), service));

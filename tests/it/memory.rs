@@ -1,0 +1,239 @@
+//! Memory under load: messages charged from their prefix before they are read, fair shares
+//! between connections, and stalled request and reply bodies cut.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use prost::Message;
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+/// An encoded Object of exactly `len` bytes or a few bytes less.
+fn object_of(len: usize) -> Bytes {
+    let mut object = seed_object();
+    let overhead = object.encoded_len() + 16;
+    object.request.as_mut().expect("request").raw_body = vec![0xab; len - overhead].into();
+    object.encode_to_vec().into()
+}
+
+/// The 5-byte gRPC prefix of an uncompressed message of `len` bytes.
+fn prefix(len: usize) -> Bytes {
+    let mut prefix = vec![0u8];
+    prefix.extend_from_slice(&u32::try_from(len).unwrap().to_be_bytes());
+    prefix.into()
+}
+
+/// A raw HTTP/2 connection; `window` (bytes) is the stream window it grants and never updates
+/// unless the caller releases capacity.
+async fn h2_connect(addr: SocketAddr, window: Option<u32>) -> SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut builder = h2::client::Builder::new();
+    if let Some(window) = window {
+        builder.initial_window_size(window);
+    }
+    let (send, connection) = builder.handshake(tcp).await.expect("HTTP/2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    send.ready().await.unwrap()
+}
+
+fn dispatch_request() -> http::Request<()> {
+    http::Request::post(format!("http://dispatcher{DISPATCH}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap()
+}
+
+/// The grpc-status of a trailers-only response, if it is one.
+fn status_of(response: &http::Response<h2::RecvStream>) -> Option<i32> {
+    response
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+fn vm_rss_bytes(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<usize>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+const MIB: usize = 1 << 20;
+/// The flood's budget.
+const FLOOD_BUDGET: usize = 32 * MIB;
+/// What the process may hold beyond the budget: the runtime, allocator slack, HTTP/2 windows of
+/// 128 streams and the buffer tonic decodes into (measured: about 30 MiB past the budget).
+const FLOOD_OVERHEAD: usize = 48 * MIB;
+/// Past this the old behaviour is plain and the flood stops, to spare the machine.
+const FLOOD_ABORT_RSS: usize = 400 * MIB;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
+    let budget = FLOOD_BUDGET.to_string();
+    let max_recv = (9 * MIB).to_string();
+    let process = Process::start(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0"),
+            ("TYK_DISPATCHER_MAX_IN_FLIGHT_BYTES", &budget),
+            ("TYK_DISPATCHER_MAX_RECV_BYTES", &max_recv),
+            ("TYK_DISPATCHER_MAX_REPLY_BYTES", &max_recv),
+            ("TYK_DISPATCHER_LOG_CALLS", "false"),
+            ("TYK_DISPATCHER_WORKER_THREADS", "2"),
+        ],
+        &[],
+    );
+    let (grpc, _admin) = process.ready().await;
+    let addr: SocketAddr = grpc[0].parse().unwrap();
+    let pid = process.child.id();
+    let message = object_of(8 * MIB);
+    let peak = Arc::new(AtomicUsize::new(vm_rss_bytes(pid)));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = tokio::spawn({
+        let (peak, stop) = (peak.clone(), stop.clone());
+        async move {
+            loop {
+                let rss = vm_rss_bytes(pid);
+                peak.fetch_max(rss, Ordering::Relaxed);
+                if rss > FLOOD_ABORT_RSS {
+                    stop.store(true, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    });
+    let refused = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let mut streams = Vec::new();
+    for _ in 0..8 {
+        let send = h2_connect(addr, None).await;
+        for _ in 0..16 {
+            let (send, message) = (send.clone(), message.clone());
+            let (refused, served, stop) = (refused.clone(), served.clone(), stop.clone());
+            streams.push(tokio::spawn(async move {
+                let mut send = send.ready().await.unwrap();
+                let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+                body.send_data(prefix(message.len()), false).unwrap();
+                body.send_data(message.slice(..16 * 1024), false).unwrap();
+                tokio::pin!(response);
+                // A refused call is answered at once, before its body is sent.
+                if let Ok(answer) =
+                    tokio::time::timeout(Duration::from_secs(2), response.as_mut()).await
+                {
+                    let answer = answer.unwrap();
+                    assert_eq!(status_of(&answer), Some(8), "{answer:?}");
+                    refused.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                // Accepted: the rest, slowly, a MiB at a time.
+                let mut sent = 16 * 1024;
+                while sent < message.len() && !stop.load(Ordering::Relaxed) {
+                    let end = (sent + MIB).min(message.len());
+                    body.send_data(message.slice(sent..end), end == message.len())
+                        .unwrap();
+                    sent = end;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                let answer = response.await.unwrap();
+                let mut reply = answer.into_body();
+                let mut received = 0;
+                while let Some(chunk) = reply.data().await {
+                    let chunk = chunk.unwrap();
+                    received += chunk.len();
+                    let _ = reply.flow_control().release_capacity(chunk.len());
+                }
+                assert_eq!(received, message.len() + 5);
+                served.fetch_add(1, Ordering::Relaxed);
+            }));
+        }
+    }
+    for stream in streams {
+        stream.await.unwrap();
+    }
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed);
+    let (refused, served) = (
+        refused.load(Ordering::Relaxed),
+        served.load(Ordering::Relaxed),
+    );
+    eprintln!(
+        "flood: peak VmRSS {} MiB, {refused} refused, {served} served",
+        peak / MIB
+    );
+    assert!(
+        !stop.load(Ordering::Relaxed),
+        "VmRSS passed {} MiB",
+        FLOOD_ABORT_RSS / MIB
+    );
+    assert!(refused >= 100, "{refused} of 128 refused");
+    assert!(served >= 1, "some calls were served: {served}");
+    assert!(
+        peak < FLOOD_BUDGET + FLOOD_OVERHEAD,
+        "peak VmRSS {} MiB",
+        peak / MIB
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_request_is_charged_then_cut_and_its_share_returned() {
+    let app = spawn_app(config_with(|c| {
+        c.max_recv_bytes = 2 * MIB;
+        c.max_in_flight_bytes = Some(2 * MIB);
+        c.request_progress_timeout_secs = 1;
+    }))
+    .await;
+    let message = object_of(3 * MIB / 2);
+    let mut send = h2_connect(app.addr(), None).await;
+    let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+    body.send_data(prefix(message.len()), false).unwrap();
+    body.send_data(message.slice(..1024), false).unwrap();
+    let stalled_at = Instant::now();
+    // Charged from its prefix: another large call does not fit beside it.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let channel = app.channel().await;
+    let err = call_raw(channel.clone(), DISPATCH, message.to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::ResourceExhausted, "{err:?}");
+    assert!(
+        err.message()
+            .starts_with("in-flight budget exhausted: this call needs"),
+        "{}",
+        err.message()
+    );
+    // Cut after the progress timeout.
+    let answer = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered");
+    let took = stalled_at.elapsed();
+    match answer {
+        Ok(answer) => assert_eq!(status_of(&answer), Some(4), "{answer:?}"),
+        Err(err) => assert!(err.is_reset(), "{err:?}"),
+    }
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "{took:?}"
+    );
+    // The share came back: the large call fits now.
+    let reply = call_raw(channel, DISPATCH, message.to_vec()).await.unwrap();
+    assert_eq!(reply.len(), message.len());
+    app.shutdown().await;
+}
