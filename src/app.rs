@@ -197,7 +197,7 @@ impl AppBuilder {
         let traces =
             Traces::from_config(&config, &metrics).map_err(|err| Problems(vec![err.problem()]))?;
         let lifecycle = Lifecycle::default();
-        let budget = InFlightBudget::new(config.in_flight_budget());
+        let budget = InFlightBudget::new(config.in_flight_budget(), config.max_recv_bytes);
         let dispatcher = Dispatcher::new(
             LogSettings {
                 calls: config.log_calls,

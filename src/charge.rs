@@ -31,7 +31,7 @@ use tower::Service;
 
 use crate::{
     bounds::WarnLimit,
-    limits::{BudgetShare, InFlightBudget},
+    limits::{BudgetShare, ConnectionBudget, InFlightBudget},
     metrics::{Metrics, Rejection},
 };
 
@@ -72,8 +72,17 @@ impl Charger {
         }
     }
 
-    /// The charge for a message of `len` bytes, or the refusal to answer with.
-    fn charge(&self, len: usize) -> Result<BudgetShare, Status> {
+    /// The part of the budget of a new connection.
+    pub fn connection(&self) -> Arc<ConnectionBudget> {
+        self.budget.connection()
+    }
+
+    /// The charge for a message of `len` bytes on `connection`, or the refusal to answer with.
+    fn charge(
+        &self,
+        len: usize,
+        connection: &Arc<ConnectionBudget>,
+    ) -> Result<BudgetShare, Status> {
         if len > self.max_recv_bytes {
             self.metrics.reject(Rejection::RequestTooLarge);
             let status = Status::resource_exhausted(format!(
@@ -83,7 +92,7 @@ impl Charger {
             self.warn(len, &status);
             return Err(status);
         }
-        self.budget.take(len).inspect_err(|status| {
+        connection.take(len).inspect_err(|status| {
             self.metrics.reject(Rejection::InFlightBudget);
             self.warn(len, status);
         })
@@ -105,13 +114,18 @@ impl Charger {
 #[derive(Debug, Clone)]
 pub struct Charging<S> {
     inner: S,
-    charger: Charger,
+    charger: Arc<Charger>,
+    connection: Arc<ConnectionBudget>,
 }
 
 impl<S> Charging<S> {
-    /// Wraps `inner`.
-    pub fn new(inner: S, charger: Charger) -> Self {
-        Self { inner, charger }
+    /// Wraps `inner` for one connection, charging `connection`'s part of the budget.
+    pub fn new(inner: S, charger: Arc<Charger>, connection: Arc<ConnectionBudget>) -> Self {
+        Self {
+            inner,
+            charger,
+            connection,
+        }
     }
 }
 
@@ -140,6 +154,7 @@ where
         // The service is always ready (tonic's routes are); the clone takes that readiness over.
         let mut inner = self.inner.clone();
         let charger = self.charger.clone();
+        let connection = self.connection.clone();
         Box::pin(async move {
             let (mut parts, mut body) = request.into_parts();
             let mut head = VecDeque::new();
@@ -147,7 +162,7 @@ where
                 Err(status) => return Ok(status.into_http()),
                 // The body ended before a whole prefix: tonic answers that as it always has.
                 Ok(None) => {}
-                Ok(Some(len)) => match charger.charge(len) {
+                Ok(Some(len)) => match charger.charge(len, &connection) {
                     Ok(share) => {
                         parts.extensions.insert(Arc::new(share));
                     }

@@ -101,7 +101,7 @@ pub fn routes(
 #[derive(Debug, Clone)]
 pub struct ConnectionServer {
     routes: FinishedRoutes,
-    charger: Charger,
+    charger: Arc<Charger>,
     http2: http2::Builder<TokioExecutor>,
     lifecycle: Lifecycle,
     metrics: Metrics,
@@ -137,12 +137,12 @@ impl ConnectionServer {
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .max_header_list_size(MAX_HEADER_LIST_BYTES);
         let routes = FinishedRoutes::new(routes, metrics.rejections(Rejection::RequestTooLarge));
-        let charger = Charger::new(
+        let charger = Arc::new(Charger::new(
             budget,
             config.max_recv_bytes,
             Duration::from_secs(config.request_progress_timeout_secs),
             metrics.clone(),
-        );
+        ));
         Self {
             routes,
             charger,
@@ -169,8 +169,13 @@ impl ConnectionServer {
         let shaken = Arc::new(AtomicBool::new(false));
         let called = Arc::new(AtomicBool::new(false));
         let io = HandshakeWatch::new(io, shaken.clone());
+        let budget = self.charger.connection();
         let service = MarkCalls::new(
-            TowerToHyperService::new(Charging::new(self.routes.clone(), self.charger.clone())),
+            TowerToHyperService::new(Charging::new(
+                self.routes.clone(),
+                self.charger.clone(),
+                budget.clone(),
+            )),
             called.clone(),
         );
         let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), service));
