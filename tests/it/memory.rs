@@ -237,3 +237,130 @@ async fn a_stalled_request_is_charged_then_cut_and_its_share_returned() {
     assert_eq!(reply.len(), message.len());
     app.shutdown().await;
 }
+
+/// A tonic call of `message`, counting a refusal for the budget as a failure of the test.
+async fn small_calls_until(
+    channel: tonic::transport::Channel,
+    message: Vec<u8>,
+    until: Instant,
+) -> usize {
+    let mut calls = 0;
+    while Instant::now() < until {
+        let reply = call_raw(channel.clone(), DISPATCH, message.clone())
+            .await
+            .unwrap_or_else(|status| panic!("small call {calls} failed: {status:?}"));
+        assert_eq!(reply.as_ref(), message.as_slice());
+        calls += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_replies_is_cut_and_cannot_starve_others() {
+    let app = spawn_app(config_with(|c| {
+        c.max_recv_bytes = MIB;
+        c.max_in_flight_bytes = Some(4 * MIB);
+        c.max_reply_bytes = Some(2 * MIB);
+        c.reply_progress_timeout_secs = 2;
+    }))
+    .await;
+    let small = object_of(1024).to_vec();
+    let others = app.channel().await;
+    call_raw(others.clone(), DISPATCH, small.clone())
+        .await
+        .unwrap();
+    let small_calls = tokio::spawn(small_calls_until(
+        others.clone(),
+        small.clone(),
+        Instant::now() + Duration::from_secs(4),
+    ));
+    // Four calls that would fill the budget, on a connection granting a 1 KiB window it never
+    // updates.
+    let large = object_of(MIB);
+    let hog = h2_connect(app.addr(), Some(1024)).await;
+    let started = Instant::now();
+    let mut replies = Vec::new();
+    let mut refused = 0;
+    for _ in 0..4 {
+        let mut send = hog.clone().ready().await.unwrap();
+        let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+        body.send_data(prefix(large.len()), false).unwrap();
+        body.send_data(large.clone(), true).unwrap();
+        let answer = response.await.unwrap();
+        match status_of(&answer) {
+            Some(8) => refused += 1,
+            status => {
+                assert_eq!(status, None, "{answer:?}");
+                replies.push(answer.into_body());
+            }
+        }
+    }
+    // Held to half the budget while the other connection calls too.
+    assert_eq!((replies.len(), refused), (2, 2));
+    for mut reply in replies {
+        let cut = tokio::time::timeout(Duration::from_secs(6), async {
+            loop {
+                match reply.data().await {
+                    Some(Ok(_)) => {}
+                    Some(Err(err)) => break Some(err),
+                    None => break None,
+                }
+            }
+        })
+        .await
+        .expect("the reply ends");
+        assert!(cut.is_some(), "the stalled reply was cut, not finished");
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    let calls = small_calls.await.unwrap();
+    assert!(calls >= 20, "{calls} small calls");
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert!(
+        metrics.contains("tyk_dispatcher_connections_timed_out_total{reason=\"reply_progress\"} 1"),
+        "{metrics}"
+    );
+    // The hog's shares came back and it no longer counts: the other connection, alone again,
+    // may hold the whole budget.
+    let calls = (0..4).map(|_| call_raw(others.clone(), DISPATCH, large.to_vec()));
+    for result in futures_util::future::join_all(calls).await {
+        assert_eq!(result.unwrap().len(), large.len());
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_is_never_cut_while_its_reply_moves() {
+    let app = spawn_app(config_with(|c| {
+        c.max_reply_bytes = Some(2 * MIB);
+        c.reply_progress_timeout_secs = 2;
+    }))
+    .await;
+    let message = object_of(MIB);
+    let mut send = h2_connect(app.addr(), Some(64 * 1024)).await;
+    let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+    body.send_data(prefix(message.len()), false).unwrap();
+    body.send_data(message.clone(), true).unwrap();
+    let started = Instant::now();
+    let mut reply = response.await.unwrap().into_body();
+    let mut received = 0;
+    while let Some(chunk) = reply.data().await {
+        let chunk = chunk.expect("not cut");
+        received += chunk.len();
+        // 16 KiB frames every 50 ms: 1 MiB takes over 3 s.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        reply.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(received, message.len() + 5);
+    // Longer than the timeout in all, yet never stalled for it.
+    assert!(
+        started.elapsed() > Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    app.shutdown().await;
+}
