@@ -73,7 +73,9 @@ impl ConnectionBudget {
         let before = self.held.fetch_add(bytes, Ordering::AcqRel);
         if connections > 1 {
             let fair = (shared.total / connections).max(shared.floor);
-            if before.saturating_add(bytes) > fair {
+            // A share as large as the budget refuses nothing the budget itself would not, and
+            // the budget's refusal says more.
+            if fair < shared.total && before.saturating_add(bytes) > fair {
                 self.held.fetch_sub(bytes, Ordering::AcqRel);
                 return Err(Status::resource_exhausted(format!(
                     "in-flight budget exhausted: this call needs {bytes} bytes while its connection holds {before} of its fair share of {fair} bytes ({} bytes (max_in_flight_bytes) shared by {connections} connections, at least max_recv_bytes each)",
