@@ -373,3 +373,32 @@ async fn a_slow_reader_is_never_cut_while_its_reply_moves() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_call_that_never_sends_its_prefix_is_cut_after_the_timeout() {
+    let app = spawn_app(config_with(|c| c.request_progress_timeout_secs = 1)).await;
+    let mut send = h2_connect(app.addr(), None).await;
+    let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+    // Two bytes of the five, then nothing.
+    body.send_data(Bytes::from_static(&[0, 0]), false).unwrap();
+    let started = Instant::now();
+    let answer = tokio::time::timeout(Duration::from_secs(5), response)
+        .await
+        .expect("answered")
+        .unwrap();
+    assert_eq!(status_of(&answer), Some(4), "{answer:?}");
+    let message = answer.headers()["grpc-message"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        message.contains("request_progress_timeout_secs"),
+        "{message}"
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    app.shutdown().await;
+}
