@@ -197,12 +197,13 @@ impl AppBuilder {
         let traces =
             Traces::from_config(&config, &metrics).map_err(|err| Problems(vec![err.problem()]))?;
         let lifecycle = Lifecycle::default();
+        let budget = InFlightBudget::new(config.in_flight_budget(), config.max_recv_bytes);
         let dispatcher = Dispatcher::new(
             LogSettings {
                 calls: config.log_calls,
                 objects: config.log_objects,
             },
-            InFlightBudget::new(config.in_flight_budget()),
+            budget.clone(),
             ReplyPolicy::new(config.max_reply_bytes, metrics.clone()),
             metrics.clone(),
             traces.clone(),
@@ -261,6 +262,7 @@ impl AppBuilder {
         let connections = ConnectionServer::new(
             &config,
             routes,
+            budget,
             lifecycle.clone(),
             metrics.clone(),
             max_connections,

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use crate::{
     bounds::{self, WarnLimit},
+    charge::CarriedShare,
     codec::RawMessage,
     event_log,
     hooks::{Hooks, StepContext, UnknownHooks, fail_closed},
@@ -64,7 +65,7 @@ struct Answered {
     reply: Bytes,
     outcome: Outcome,
     response_code: Option<i32>,
-    share: Arc<crate::limits::BudgetShare>,
+    share: CarriedShare,
 }
 
 fn hook_type_label(raw: i32) -> &'static str {
@@ -131,18 +132,24 @@ impl Dispatcher {
         bytes: &Bytes,
         summary: &ObjectSummary<'_>,
         span: &CallSpan,
+        charged: Option<CarriedShare>,
     ) -> Result<Answered, Status> {
-        let share = self.budget.take(bytes.len()).inspect_err(|status| {
-            self.metrics.reject(Rejection::InFlightBudget);
-            if let Some(suppressed) = self.warnings.refused.permit() {
-                tracing::warn!(
-                    request_bytes = bytes.len(),
-                    reason = status.message(),
-                    suppressed,
-                    "call refused"
-                );
-            }
-        })?;
+        // Served through `charge::Charging` the message was charged from its prefix already;
+        // served any other way it is charged here, once it is whole.
+        let share = match charged {
+            Some(share) => share,
+            None => Arc::new(self.budget.take(bytes.len()).inspect_err(|status| {
+                self.metrics.reject(Rejection::InFlightBudget);
+                if let Some(suppressed) = self.warnings.refused.permit() {
+                    tracing::warn!(
+                        request_bytes = bytes.len(),
+                        reason = status.message(),
+                        suppressed,
+                        "call refused"
+                    );
+                }
+            })?),
+        };
         let hook_type = hook_type_label(summary.hook_type);
         let api_id = summary.api_id.unwrap_or("");
         if pb::HookType::name_of(summary.hook_type).is_none() || summary.hook_type == 0 {
@@ -182,6 +189,11 @@ impl Dispatcher {
             }
         }
         let (reply, outcome, response_code) = self.run_hook(bytes, summary, span).await?;
+        // An edited reply is a second buffer, held until it is sent: charged on top of the
+        // request (the decoded Object the hook worked on is gone by now and is not charged).
+        if reply.as_ptr() != bytes.as_ptr() {
+            share.add(reply.len());
+        }
         let (reply, _fit) = self.replies.fit(reply).inspect_err(|_| {
             self.metrics.reject(Rejection::ReplyTooLarge);
         })?;
@@ -189,7 +201,7 @@ impl Dispatcher {
             reply,
             outcome,
             response_code,
-            share: Arc::new(share),
+            share,
         })
     }
 
@@ -262,7 +274,8 @@ impl Dispatcher {
 #[tonic::async_trait]
 impl pb::dispatcher_server::Dispatcher for Dispatcher {
     async fn dispatch(&self, request: Request<RawMessage>) -> Result<Response<RawMessage>, Status> {
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, mut extensions, message) = request.into_parts();
+        let charged = extensions.remove::<CarriedShare>();
         let bytes = message.into_bytes();
         let scanned = wire::scan_object(&bytes);
         let summary = scanned.clone().unwrap_or_default();
@@ -276,7 +289,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         let span = self.start_span(&metadata, &summary);
         let result = async {
             match &scanned {
-                Ok(summary) => self.answer(&bytes, summary, &span).await,
+                Ok(summary) => self.answer(&bytes, summary, &span, charged).await,
                 Err(err) => {
                     self.metrics.reject(Rejection::Malformed);
                     if let Some(suppressed) = self.warnings.malformed.permit() {

@@ -11,6 +11,7 @@
 //! - [`object_log`]: the Object as canonical JSON with secrets redacted.
 //! - [`event_log`]: event payloads as JSON with the key redacted and the request dump hashed.
 //! - [`limits`]: message size and in-flight byte budgets.
+//! - [`charge`]: a call's message charged to the budget from its prefix, before its body.
 //! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
 //! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
 //! - [`listener`]: TCP, Unix-socket and TLS listeners.
@@ -27,6 +28,7 @@
 pub mod admin;
 pub mod app;
 pub mod bounds;
+pub mod charge;
 pub mod cli;
 pub mod codec;
 pub mod config;

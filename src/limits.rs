@@ -2,7 +2,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
 };
 
 use bytes::Bytes;
@@ -13,33 +13,204 @@ use crate::{bounds::WarnLimit, config::GATEWAY_DEFAULT_RECV_BYTES, metrics::Metr
 /// Bytes of request messages held at once across all calls.
 ///
 /// A gateway sets no deadline, sends 64 MiB messages and opens as many streams as it likes;
-/// without a budget a burst of large bodies could run a sidecar out of memory.
+/// without a budget a burst of large bodies could run a sidecar out of memory. A call is charged
+/// its message's length as soon as the 5-byte gRPC prefix has arrived, before the rest is read
+/// (see `charge`), and holds it until its reply body has been handed to HTTP/2 or dropped.
 #[derive(Debug, Clone)]
 pub struct InFlightBudget {
-    held: Arc<AtomicUsize>,
-    total: usize,
+    shared: Arc<Shared>,
 }
 
-/// A share of the budget, returned when dropped.
+#[derive(Debug)]
+struct Shared {
+    held: AtomicUsize,
+    total: usize,
+    /// The least fair share: one largest message (`max_recv_bytes`).
+    floor: usize,
+    /// Open connections that have been charged for a call, among which the budget is shared.
+    connections: AtomicUsize,
+}
+
+/// One connection's part of the budget.
+///
+/// A lone connection (the gateway keeps one) may use the whole budget. Once more than one
+/// open connection has made a charged call, each is held to `total / connections`, never below
+/// one largest message, so a client that floods or never reads its replies cannot starve the
+/// others. Counting connections that have called, rather than those holding budget right now,
+/// matters: a client making small quick calls holds nothing most of the time, and a hog would
+/// otherwise take everything between two of them.
+#[derive(Debug)]
+pub struct ConnectionBudget {
+    shared: Arc<Shared>,
+    held: AtomicUsize,
+    counted: AtomicBool,
+    /// Reply bodies alive on this connection, i.e. not yet wholly taken by HTTP/2.
+    replies: AtomicUsize,
+    /// Advanced each time one of those bodies is polled: HTTP/2 took what it gave before.
+    reply_progress: AtomicU64,
+}
+
+impl Drop for ConnectionBudget {
+    fn drop(&mut self) {
+        if *self.counted.get_mut() {
+            self.shared.connections.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl ConnectionBudget {
+    /// Takes `bytes` for a call on this connection, within its fair share and the budget.
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED naming the figures, when either cannot hold `bytes` more.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<BudgetShare, Status> {
+        let shared = &self.shared;
+        // Once per connection: the load keeps the hot path to a read.
+        if !self.counted.load(Ordering::Relaxed) && !self.counted.swap(true, Ordering::AcqRel) {
+            shared.connections.fetch_add(1, Ordering::AcqRel);
+        }
+        let connections = shared.connections.load(Ordering::Acquire).max(1);
+        let before = self.held.fetch_add(bytes, Ordering::AcqRel);
+        if connections > 1 {
+            let fair = (shared.total / connections).max(shared.floor);
+            // A share as large as the budget refuses nothing the budget itself would not, and
+            // the budget's refusal says more.
+            if fair < shared.total && before.saturating_add(bytes) > fair {
+                self.held.fetch_sub(bytes, Ordering::AcqRel);
+                return Err(Status::resource_exhausted(format!(
+                    "in-flight budget exhausted: this call needs {bytes} bytes while its connection holds {before} of its fair share of {fair} bytes ({} bytes (max_in_flight_bytes) shared by {connections} connections, at least max_recv_bytes each)",
+                    shared.total
+                )));
+            }
+        }
+        match take_from(shared, bytes) {
+            Ok(()) => Ok(BudgetShare {
+                shared: shared.clone(),
+                connection: Some(self.clone()),
+                bytes: AtomicUsize::new(bytes),
+            }),
+            Err(status) => {
+                self.held.fetch_sub(bytes, Ordering::AcqRel);
+                Err(status)
+            }
+        }
+    }
+
+    /// Bytes this connection's calls hold now.
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Marks a reply body alive until the guard is dropped.
+    pub fn reply_started(self: &Arc<Self>) -> ReplyGuard {
+        self.replies.fetch_add(1, Ordering::AcqRel);
+        ReplyGuard(self.clone())
+    }
+
+    /// Reply bodies alive now, and the progress count.
+    pub fn replies(&self) -> (usize, u64) {
+        (
+            self.replies.load(Ordering::Acquire),
+            self.reply_progress.load(Ordering::Acquire),
+        )
+    }
+}
+
+/// A reply body alive on a connection (see [`ConnectionBudget::reply_started`]).
+#[derive(Debug)]
+pub struct ReplyGuard(Arc<ConnectionBudget>);
+
+impl ReplyGuard {
+    /// HTTP/2 took what the body gave before and asks for more.
+    pub fn progressed(&self) {
+        self.0.reply_progress.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for ReplyGuard {
+    fn drop(&mut self) {
+        self.0.replies.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn take_from(shared: &Shared, bytes: usize) -> Result<(), Status> {
+    let total = shared.total;
+    shared
+        .held
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+            held.checked_add(bytes).filter(|after| *after <= total)
+        })
+        .map(|_| ())
+        .map_err(|held| {
+            Status::resource_exhausted(format!(
+                "in-flight budget exhausted: this call needs {bytes} bytes while {held} of {total} bytes (max_in_flight_bytes) are held by other calls"
+            ))
+        })
+}
+
+/// A share of the budget, returned when dropped. It may grow (never be refused) once the call
+/// has done its work, to account for an edited reply.
 #[derive(Debug)]
 pub struct BudgetShare {
-    held: Arc<AtomicUsize>,
-    bytes: usize,
+    shared: Arc<Shared>,
+    connection: Option<Arc<ConnectionBudget>>,
+    bytes: AtomicUsize,
 }
 
 impl Drop for BudgetShare {
     fn drop(&mut self) {
-        self.held.fetch_sub(self.bytes, Ordering::AcqRel);
+        let bytes = *self.bytes.get_mut();
+        self.shared.held.fetch_sub(bytes, Ordering::AcqRel);
+        if let Some(connection) = &self.connection {
+            connection.held.fetch_sub(bytes, Ordering::AcqRel);
+        }
+    }
+}
+
+impl BudgetShare {
+    /// Bytes this share holds.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    /// Adds `bytes` to the share, over the budget if need be: the work is done, refusing now
+    /// would only waste it, and later calls see the memory it holds.
+    pub fn add(&self, bytes: usize) {
+        self.shared.held.fetch_add(bytes, Ordering::AcqRel);
+        if let Some(connection) = &self.connection {
+            connection.held.fetch_add(bytes, Ordering::AcqRel);
+        }
+        self.bytes.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The connection the share was taken for, if any.
+    pub fn connection(&self) -> Option<&Arc<ConnectionBudget>> {
+        self.connection.as_ref()
     }
 }
 
 impl InFlightBudget {
-    /// A budget of `total` bytes.
-    pub fn new(total: usize) -> Self {
+    /// A budget of `total` bytes; a connection's fair share is never below `floor`.
+    pub fn new(total: usize, floor: usize) -> Self {
         Self {
-            held: Arc::new(AtomicUsize::new(0)),
-            total,
+            shared: Arc::new(Shared {
+                held: AtomicUsize::new(0),
+                total,
+                floor,
+                connections: AtomicUsize::new(0),
+            }),
         }
+    }
+
+    /// A new connection's part of the budget.
+    pub fn connection(&self) -> Arc<ConnectionBudget> {
+        Arc::new(ConnectionBudget {
+            shared: self.shared.clone(),
+            held: AtomicUsize::new(0),
+            counted: AtomicBool::new(false),
+            replies: AtomicUsize::new(0),
+            reply_progress: AtomicU64::new(0),
+        })
     }
 
     /// Takes `bytes` from the budget, or refuses with RESOURCE_EXHAUSTED naming the figures.
@@ -47,25 +218,21 @@ impl InFlightBudget {
     /// # Errors
     /// When the budget cannot hold `bytes` more.
     pub fn take(&self, bytes: usize) -> Result<BudgetShare, Status> {
-        let total = self.total;
-        self.held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(bytes).filter(|after| *after <= total)
-            })
-            .map(|_| BudgetShare {
-                held: self.held.clone(),
-                bytes,
-            })
-            .map_err(|held| {
-                Status::resource_exhausted(format!(
-                    "in-flight budget exhausted: this call needs {bytes} bytes while {held} of {total} bytes (max_in_flight_bytes) are held by other calls"
-                ))
-            })
+        take_from(&self.shared, bytes).map(|()| BudgetShare {
+            shared: self.shared.clone(),
+            connection: None,
+            bytes: AtomicUsize::new(bytes),
+        })
     }
 
     /// Bytes held now.
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Acquire)
+        self.shared.held.load(Ordering::Acquire)
+    }
+
+    /// The budget's size.
+    pub fn total(&self) -> usize {
+        self.shared.total
     }
 }
 
@@ -177,7 +344,7 @@ mod tests {
 
     #[test]
     fn the_budget_refuses_what_does_not_fit_and_returns_shares() {
-        let budget = InFlightBudget::new(100);
+        let budget = InFlightBudget::new(100, 100);
         let a = budget.take(60).unwrap();
         let err = budget.take(50).unwrap_err();
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
@@ -189,7 +356,63 @@ mod tests {
         );
         drop(a);
         assert_eq!(budget.held(), 0);
-        let _b = budget.take(100).unwrap();
+        let b = budget.take(100).unwrap();
+        // Growth after the work is done is never refused, and all of it comes back.
+        b.add(30);
+        assert_eq!((b.bytes(), budget.held()), (130, 130));
+        drop(b);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_lone_connection_may_take_everything_two_share_it_fairly() {
+        let budget = InFlightBudget::new(100, 30);
+        let (a, b, c) = (
+            budget.connection(),
+            budget.connection(),
+            budget.connection(),
+        );
+        let whole = a.take(100).unwrap();
+        assert_eq!((a.held(), budget.held()), (100, 100));
+        drop(whole);
+        assert_eq!((a.held(), budget.held()), (0, 0));
+        // b has called too: a is held to 100 / 2.
+        let _b1 = b.take(10).unwrap();
+        let _a1 = a.take(50).unwrap();
+        let err = a.take(1).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            err.message().contains(
+                "needs 1 bytes while its connection holds 50 of its fair share of 50 bytes (100 bytes (max_in_flight_bytes) shared by 2 connections"
+            ),
+            "{}",
+            err.message()
+        );
+        // Three connections: 100 / 3 is below the floor of one largest message.
+        let _c1 = c.take(30).unwrap();
+        assert_eq!(budget.held(), 90);
+        let err = b.take(25).unwrap_err();
+        assert!(
+            err.message().contains("fair share of 33 bytes"),
+            "{}",
+            err.message()
+        );
+        // A closed connection no longer counts.
+        drop((_c1, c));
+        let _b2 = b.take(20).unwrap();
+        assert_eq!((a.held(), b.held(), budget.held()), (50, 30, 80));
+    }
+
+    #[test]
+    fn reply_guards_count_live_bodies_and_their_progress() {
+        let budget = InFlightBudget::new(100, 100);
+        let connection = budget.connection();
+        let guard = connection.reply_started();
+        guard.progressed();
+        guard.progressed();
+        assert_eq!(connection.replies(), (1, 2));
+        drop(guard);
+        assert_eq!(connection.replies(), (0, 2));
     }
 
     fn object(body: &[u8], utf8: bool) -> Bytes {

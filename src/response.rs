@@ -1,13 +1,14 @@
 //! The last step of every gRPC response: a request over the receive limit is reported as
 //! RESOURCE_EXHAUSTED (what gRPC specifies; tonic says OUT_OF_RANGE), and a call's share of the
-//! in-flight byte budget is held until its reply has been sent, not just built.
+//! in-flight byte budget is held until its reply has been sent, not just built; the reply goes to
+//! HTTP/2 in chunks, each counted as send progress.
 
 use std::{
     convert::Infallible,
     future::Future,
     pin::Pin,
     sync::Arc,
-    task::{Context, Poll},
+    task::{Context, Poll, ready},
 };
 
 use bytes::Bytes;
@@ -17,7 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use tonic::{body::Body, service::Routes};
 use tower::Service;
 
-use crate::limits::BudgetShare;
+use crate::limits::{BudgetShare, ReplyGuard};
 
 /// tonic's message for a request over `max_decoding_message_size`.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
@@ -80,9 +81,12 @@ where
 
 fn finish(mut response: Response<Body>, too_large: &Counter) -> Response<Body> {
     if let Some(share) = response.extensions_mut().remove::<Arc<BudgetShare>>() {
+        let reply = share.connection().map(|c| c.reply_started());
         return response.map(|body| {
             Body::new(HoldingBody {
                 body,
+                rest: Bytes::new(),
+                reply,
                 _share: share,
             })
         });
@@ -128,9 +132,20 @@ fn rephrase_too_large(tonic_message: &str) -> String {
     }
 }
 
-/// A response body that keeps a budget share until it is dropped (fully sent or abandoned).
+/// Largest data frame a reply body hands to HTTP/2 at once (cut from the encoded reply without
+/// copying). hyper polls a body again only once HTTP/2 has sent what it was given (up to the
+/// client's window), so each poll is send progress; a whole 64 MiB frame would show none until
+/// all of it had gone. A reply stalls, for `reply_progress_timeout_secs`, when less than this
+/// was taken in that time.
+const REPLY_CHUNK_BYTES: usize = 64 * 1024;
+
+/// A response body that keeps a budget share until it is dropped (fully sent or abandoned), and
+/// reports each poll as send progress of its connection's replies (see `server`).
 struct HoldingBody {
     body: Body,
+    /// What is left of a data frame cut into chunks.
+    rest: Bytes,
+    reply: Option<ReplyGuard>,
     _share: Arc<BudgetShare>,
 }
 
@@ -142,16 +157,45 @@ impl HttpBody for HoldingBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, tonic::Status>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
+        let this = &mut *self;
+        if let Some(reply) = &this.reply {
+            reply.progressed();
+        }
+        if !this.rest.is_empty() {
+            let chunk = cut(&mut this.rest);
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
+        Poll::Ready(frame.map(|frame| {
+            frame.map(|frame| match frame.into_data() {
+                Ok(mut data) => {
+                    let chunk = cut(&mut data);
+                    this.rest = data;
+                    Frame::data(chunk)
+                }
+                Err(frame) => frame,
+            })
+        }))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.rest.is_empty() && self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        let mut hint = self.body.size_hint();
+        let rest = u64::try_from(self.rest.len()).unwrap_or(u64::MAX);
+        hint.set_lower(hint.lower() + rest);
+        if let Some(upper) = hint.upper() {
+            hint.set_upper(upper + rest);
+        }
+        hint
     }
+}
+
+/// The first [`REPLY_CHUNK_BYTES`] of `data`, leaving the rest in it.
+fn cut(data: &mut Bytes) -> Bytes {
+    data.split_to(data.len().min(REPLY_CHUNK_BYTES))
 }
 
 #[cfg(test)]

@@ -35,10 +35,12 @@ use tonic_health::server::HealthReporter;
 
 use crate::{
     bounds::WarnLimit,
+    charge::{Charger, Charging},
     config::Config,
     dispatcher::Dispatcher,
     hygiene::{AcceptBackoff, HandshakeWatch, MarkCalls},
     lifecycle::{ConnectionGuard, Lifecycle},
+    limits::InFlightBudget,
     listener::{BoundAddr, Listener},
     metrics::{Metrics, RefusedBy, Rejection, TimedOut},
     pb::{self, dispatcher_server::DispatcherServer},
@@ -99,6 +101,7 @@ pub fn routes(
 #[derive(Debug, Clone)]
 pub struct ConnectionServer {
     routes: FinishedRoutes,
+    charger: Arc<Charger>,
     http2: http2::Builder<TokioExecutor>,
     lifecycle: Lifecycle,
     metrics: Metrics,
@@ -106,6 +109,7 @@ pub struct ConnectionServer {
     age_grace: Duration,
     handshake_timeout: Duration,
     idle_timeout: Duration,
+    reply_progress_timeout: Duration,
     /// One permit per open connection, `max_connections` in all.
     slots: Arc<Semaphore>,
     refusals: Arc<WarnLimit>,
@@ -117,6 +121,7 @@ impl ConnectionServer {
     pub fn new(
         config: &Config,
         routes: Routes,
+        budget: InFlightBudget,
         lifecycle: Lifecycle,
         metrics: Metrics,
         max_connections: usize,
@@ -133,8 +138,15 @@ impl ConnectionServer {
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .max_header_list_size(MAX_HEADER_LIST_BYTES);
         let routes = FinishedRoutes::new(routes, metrics.rejections(Rejection::RequestTooLarge));
+        let charger = Arc::new(Charger::new(
+            budget,
+            config.max_recv_bytes,
+            Duration::from_secs(config.request_progress_timeout_secs),
+            metrics.clone(),
+        ));
         Self {
             routes,
+            charger,
             http2,
             lifecycle,
             metrics,
@@ -142,6 +154,7 @@ impl ConnectionServer {
             age_grace: Duration::from_secs(config.max_connection_age_grace_secs),
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            reply_progress_timeout: Duration::from_secs(config.reply_progress_timeout_secs),
             slots: Arc::new(Semaphore::new(max_connections)),
             refusals: Arc::new(WarnLimit::default()),
         }
@@ -158,8 +171,13 @@ impl ConnectionServer {
         let shaken = Arc::new(AtomicBool::new(false));
         let called = Arc::new(AtomicBool::new(false));
         let io = HandshakeWatch::new(io, shaken.clone());
+        let budget = self.charger.connection();
         let service = MarkCalls::new(
-            TowerToHyperService::new(self.routes.clone()),
+            TowerToHyperService::new(Charging::new(
+                self.routes.clone(),
+                self.charger.clone(),
+                budget.clone(),
+            )),
             called.clone(),
         );
         let mut conn = pin!(self.http2.serve_connection(TokioIo::new(io), service));
@@ -185,6 +203,11 @@ impl ConnectionServer {
         let mut age = pin!(age);
         let mut closing = false;
         let mut grace_over = pin!(tokio::time::sleep(Duration::MAX));
+        // Reply progress is sampled a few times per timeout; a connection whose live replies
+        // have not moved for the whole timeout is closed (see `check_replies`).
+        let mut reply_check = tokio::time::interval(self.reply_progress_timeout / 4);
+        reply_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replies_seen = ReplyProgress::default();
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -226,6 +249,17 @@ impl ConnectionServer {
                         tracing::warn!("connection still busy after its grace period: closed");
                     }
                     break;
+                }
+                now = reply_check.tick() => {
+                    if replies_seen.stalled(budget.replies(), now, self.reply_progress_timeout) {
+                        tracing::warn!(
+                            timeout_secs = self.reply_progress_timeout.as_secs(),
+                            held_bytes = budget.held(),
+                            "replies made no send progress in time: connection closed"
+                        );
+                        self.metrics.connections_timed_out(TimedOut::ReplyProgress).inc();
+                        break;
+                    }
                 }
                 () = self.lifecycle.abort_token().cancelled() => break,
             }
@@ -335,6 +369,33 @@ impl ConnectionServer {
     }
 }
 
+/// The send progress of a connection's replies, as last sampled.
+///
+/// hyper offers no way to reset one stream from outside its body, and a reply that HTTP/2
+/// cannot send is never polled again, so a stalled reply cannot fail itself. Instead the
+/// connection is watched: while replies are alive and none has been polled for more for the
+/// whole timeout, the client is not reading them, and dropping the connection ends their streams
+/// and returns their shares. A client that reads one stream while starving another is not
+/// caught here; the fair share bounds what it can hold.
+#[derive(Debug, Default)]
+struct ReplyProgress {
+    count: u64,
+    since: Option<Instant>,
+}
+
+impl ReplyProgress {
+    /// Whether `(alive, count)` sampled at `now` shows replies stuck for `timeout`.
+    fn stalled(&mut self, (alive, count): (usize, u64), now: Instant, timeout: Duration) -> bool {
+        if alive == 0 || count != self.count {
+            self.count = count;
+            self.since = (alive > 0).then_some(now);
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        now.duration_since(since) >= timeout
+    }
+}
+
 /// An accepted connection, counted for the drain and in the metrics, and holding its slot
 /// under `max_connections`, until dropped.
 struct Tracked {
@@ -406,4 +467,31 @@ fn take_pending(listener: &Listener) -> Vec<Accepted> {
         }
     }
     pending
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_are_stalled_only_when_alive_and_unmoved_for_the_whole_timeout() {
+        let timeout = Duration::from_secs(4);
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let mut seen = ReplyProgress::default();
+        // Nothing alive: never stalled, however long.
+        assert!(!seen.stalled((0, 0), at(0), timeout));
+        assert!(!seen.stalled((0, 0), at(10), timeout));
+        // Alive and moving.
+        assert!(!seen.stalled((1, 1), at(11), timeout));
+        assert!(!seen.stalled((1, 2), at(14), timeout));
+        // Alive, unmoved since 14: not yet at 17, stalled at 18.
+        assert!(!seen.stalled((1, 2), at(17), timeout));
+        assert!(seen.stalled((1, 2), at(18), timeout));
+        // Once the reply finishes, the clock starts over.
+        assert!(!seen.stalled((0, 2), at(19), timeout));
+        assert!(!seen.stalled((1, 2), at(20), timeout));
+        assert!(!seen.stalled((1, 2), at(23), timeout));
+        assert!(seen.stalled((1, 2), at(24), timeout));
+    }
 }

@@ -148,6 +148,13 @@ pub struct Config {
     /// Bytes of requests held at once across all calls; over it, calls get RESOURCE_EXHAUSTED.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_bytes: Option<usize>,
+    /// A request body (after its headers) that makes no progress this long is failed and its
+    /// stream reset, returning its budget share: a client cannot hold a share by stalling.
+    pub request_progress_timeout_secs: u64,
+    /// Replies on a connection that make no send progress (no bytes taken by HTTP/2) this long
+    /// close the connection, returning their shares. Progress, not total time: a 64 MiB reply
+    /// to a busy gateway is never cut while it moves.
+    pub reply_progress_timeout_secs: u64,
     /// Runtime worker threads; unset: the CPUs this process may use.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub worker_threads: Option<usize>,
@@ -235,6 +242,8 @@ impl Default for Config {
             admin_header_read_timeout_secs: 10,
             admin_max_connections: DEFAULT_ADMIN_MAX_CONNECTIONS,
             max_in_flight_bytes: None,
+            request_progress_timeout_secs: 30,
+            reply_progress_timeout_secs: 60,
             worker_threads: None,
             reflection: true,
             log_calls: true,
@@ -422,6 +431,14 @@ impl Config {
         for (key, secs) in [
             ("handshake_timeout_secs", self.handshake_timeout_secs),
             ("idle_timeout_secs", self.idle_timeout_secs),
+            (
+                "request_progress_timeout_secs",
+                self.request_progress_timeout_secs,
+            ),
+            (
+                "reply_progress_timeout_secs",
+                self.reply_progress_timeout_secs,
+            ),
             (
                 "admin_header_read_timeout_secs",
                 self.admin_header_read_timeout_secs,

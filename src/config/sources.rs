@@ -44,6 +44,8 @@ pub const KEYS: &[&str] = &[
     "admin_header_read_timeout_secs",
     "admin_max_connections",
     "max_in_flight_bytes",
+    "request_progress_timeout_secs",
+    "reply_progress_timeout_secs",
     "worker_threads",
     "reflection",
     "log_calls",
@@ -151,6 +153,14 @@ pub struct CliOverrides {
     #[arg(long, global = true, value_name = "BYTES")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_in_flight_bytes: Option<usize>,
+    /// Reset a request whose body makes no progress for this long.
+    #[arg(long, global = true, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub request_progress_timeout_secs: Option<u64>,
+    /// Cut a connection whose replies make no send progress for this long.
+    #[arg(long, global = true, value_name = "SECS")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reply_progress_timeout_secs: Option<u64>,
     /// Runtime worker threads.
     #[arg(long, global = true, value_name = "N")]
     #[serde(skip_serializing_if = "Option::is_none")]

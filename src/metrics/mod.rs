@@ -108,6 +108,8 @@ pub enum TimedOut {
     Handshake,
     /// No call within `idle_timeout_secs`.
     Idle,
+    /// Replies that made no send progress for `reply_progress_timeout_secs`.
+    ReplyProgress,
 }
 
 impl TimedOut {
@@ -116,6 +118,7 @@ impl TimedOut {
         match self {
             Self::Handshake => "handshake",
             Self::Idle => "idle",
+            Self::ReplyProgress => "reply_progress",
         }
     }
 }
@@ -426,7 +429,7 @@ impl Metrics {
         let connections_timed_out = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "connections_timed_out",
-            "gRPC connections closed for not finishing their handshake or making no call in time",
+            "gRPC connections closed for not finishing their handshake, making no call or their replies making no progress in time",
             connections_timed_out.clone(),
         );
         for reason in [RefusedBy::MaxConnections, RefusedBy::AdminMaxConnections] {
@@ -434,7 +437,7 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
-        for reason in [TimedOut::Handshake, TimedOut::Idle] {
+        for reason in [TimedOut::Handshake, TimedOut::Idle, TimedOut::ReplyProgress] {
             let _ = connections_timed_out.get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
             });

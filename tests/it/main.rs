@@ -14,6 +14,7 @@ mod hooks;
 mod hygiene;
 mod lifecycle;
 mod limits;
+mod memory;
 mod tls;
 mod traces;
 mod unix;

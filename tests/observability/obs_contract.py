@@ -40,7 +40,7 @@ AUTH_DECISIONS = {"allowed", "denied"}
 FAILURE_REASONS = {"deadline", "panic", "error"}
 RELOAD_RESULTS = {"success", "failure"}
 REFUSAL_REASONS = {"max_connections", "admin_max_connections"}
-TIMEOUT_REASONS = {"handshake", "idle"}
+TIMEOUT_REASONS = {"handshake", "idle", "reply_progress"}
 
 FAMILIES: list[Family] = [
     _f("tyk_dispatcher_dispatch_requests", "counter", "hook_type", "hook_name", "outcome"),
