@@ -64,48 +64,34 @@ pub fn render(payload: &[u8]) -> Result<Value, NotJson> {
 }
 
 /// Redacts, hashes and cuts `value` in place (see the module docs).
-///
-/// The walk keeps its own list of values still to visit instead of recursing, so a payload
-/// uses no more stack here than it did to parse, however it nests.
 pub fn redact(value: &mut Value) {
-    let mut pending: Vec<&mut Value> = vec![value];
-    while let Some(value) = pending.pop() {
-        match value {
-            Value::String(text) => cut_in_place(text),
-            Value::Array(items) => pending.extend(items.iter_mut()),
-            Value::Object(members) => {
-                cut_long_names(members);
-                for (name, member) in members.iter_mut() {
-                    if !replace_by_name(name, member) {
-                        pending.push(member);
-                    }
-                }
-            }
-            Value::Null | Value::Bool(_) | Value::Number(_) => {}
-        }
-    }
+    walk(value, true);
 }
 
 /// Cuts every string (member names too) over [`MAX_STRING_BYTES`], redacting nothing: for JSON
 /// already redacted by its own rules (the Object's, see [`crate::object_log`]).
 pub fn cut_strings(value: &mut Value) {
+    walk(value, false);
+}
+
+/// Cuts long strings and names everywhere in `value`, and with `redacting` also replaces the
+/// members [`replace_by_name`] names (their contents are then not walked).
+///
+/// The walk keeps its own list of values still to visit instead of recursing, so a payload
+/// uses no more stack here than it did to parse, however it nests.
+fn walk(value: &mut Value, redacting: bool) {
     let mut pending: Vec<&mut Value> = vec![value];
     while let Some(value) = pending.pop() {
         match value {
             Value::String(text) => cut_in_place(text),
             Value::Array(items) => pending.extend(items.iter_mut()),
             Value::Object(members) => {
-                let long: Vec<String> = members
-                    .keys()
-                    .filter(|name| name.len() > MAX_STRING_BYTES)
-                    .cloned()
-                    .collect();
-                for name in long {
-                    if let Some(member) = members.remove(&name) {
-                        members.insert(cut(&name).unwrap_or(name), member);
+                cut_long_names(members, redacting);
+                for (name, member) in members.iter_mut() {
+                    if !(redacting && replace_by_name(name, member)) {
+                        pending.push(member);
                     }
                 }
-                pending.extend(members.values_mut());
             }
             Value::Null | Value::Bool(_) | Value::Number(_) => {}
         }
@@ -160,8 +146,8 @@ fn cut_in_place(text: &mut String) {
 }
 
 /// Member names are as hostile as values: long ones are cut too, after the name-based
-/// replacements were decided on the whole name.
-fn cut_long_names(members: &mut Map<String, Value>) {
+/// replacements (when `redacting`) were decided on the whole name.
+fn cut_long_names(members: &mut Map<String, Value>, redacting: bool) {
     let long: Vec<String> = members
         .keys()
         .filter(|name| name.len() > MAX_STRING_BYTES)
@@ -169,7 +155,9 @@ fn cut_long_names(members: &mut Map<String, Value>) {
         .collect();
     for name in long {
         if let Some(mut member) = members.remove(&name) {
-            replace_by_name(&name, &mut member);
+            if redacting {
+                replace_by_name(&name, &mut member);
+            }
             members.insert(cut(&name).unwrap_or(name), member);
         }
     }
