@@ -115,30 +115,7 @@ run_load() {
     done
 }
 
-# Other work on the machine takes CPU from the pinned processes and skews the figures.
-# Busy share of all CPUs over the last second, in percent, from /proc/stat.
-busy_percent() {
-    local a b
-    a=$(head -1 /proc/stat)
-    sleep 1
-    b=$(head -1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); busy = 0; idle = 0
-        for (i = 2; i <= 9 && i <= n; i++) {
-            d = y[i] - x[i]
-            if (i == 5 || i == 6) idle += d; else busy += d
-        }
-        print (busy + idle > 0) ? int(100 * busy / (busy + idle)) : 0
-    }'
-}
-# Waits up to $WAIT_IDLE_SECS for three seconds in a row under 10% busy.
-wait_idle() {
-    local waited=0 quiet=0
-    while [ "$quiet" -lt 3 ] && [ "$waited" -lt "$WAIT_IDLE_SECS" ]; do
-        if [ "$(busy_percent)" -le 10 ]; then quiet=$((quiet + 1)); else quiet=0; fi
-        waited=$((waited + 1))
-    done
-}
+source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
 wait_idle
 BUSY_BEFORE="$(busy_percent)"
 if [ "$BUSY_BEFORE" -gt 10 ]; then

@@ -203,27 +203,10 @@ if [[ " $CONFIGS " == *" python "* ]]; then
 fi
 
 # --- machine idle? -------------------------------------------------------------------------------
-busy_percent() { # busy share of all CPUs over the next second
-    local a b
-    a=$(head -1 /proc/stat)
-    sleep 1
-    b=$(head -1 /proc/stat)
-    awk -v a="$a" -v b="$b" 'BEGIN {
-        n = split(a, x); split(b, y); busy = 0; idle = 0
-        for (i = 2; i <= 9 && i <= n; i++) {
-            d = y[i] - x[i]
-            if (i == 5 || i == 6) idle += d; else busy += d
-        }
-        print (busy + idle > 0) ? int(100 * busy / (busy + idle)) : 0
-    }'
-}
-wait_idle() { # up to $WAIT_IDLE_SECS for 3 s in a row under 10% busy
-    local waited=0 quiet=0
-    while [ "$quiet" -lt 3 ] && [ "$waited" -lt "$WAIT_IDLE_SECS" ]; do
-        if [ "$(busy_percent)" -le 10 ]; then quiet=$((quiet + 1)); else quiet=0; fi
-        waited=$((waited + 1))
-    done
-    [ "$quiet" -ge 3 ] || log "warning: the machine did not go idle within ${WAIT_IDLE_SECS}s"
+source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
+wait_idle_or_warn() {
+    wait_idle
+    [ "$IDLE_REACHED" = 1 ] || log "warning: the machine did not go idle within ${WAIT_IDLE_SECS}s"
 }
 
 # --- redis and the upstream, for the whole run ---------------------------------------------------
@@ -409,7 +392,7 @@ run_one() { # ROUND CONFIG
     [ "$config" != none ] || path=/no-plugin/
     for attempt in $(seq "$ATTEMPTS"); do
         name="$run-a$attempt" # logs are per attempt, results per run
-        wait_idle
+        wait_idle_or_warn
         log "round $round: $config (attempt $attempt): ${WARMUP_SECS}s warm-up + ${DURATION_SECS}s at $CONNECTIONS connections on $path"
         start_dispatcher "$config" "$name"
         start_gateway "$name" "$path"
