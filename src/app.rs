@@ -265,6 +265,7 @@ impl AppBuilder {
             budget,
             lifecycle.clone(),
             metrics.clone(),
+            hooks.clone(),
             max_connections,
         );
         Ok(App {

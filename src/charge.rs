@@ -25,14 +25,16 @@ use futures_util::future::BoxFuture;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
+use prometheus_client::metrics::counter::Counter;
 use tokio::time::{Instant, Sleep};
 use tonic::{Status, body::Body};
 use tower::Service;
 
 use crate::{
     bounds::WarnLimit,
+    hooks::Hooks,
     limits::{BudgetShare, ConnectionBudget, InFlightBudget},
-    metrics::{Metrics, Rejection},
+    metrics::{Metrics, Rejection, StreamReset},
 };
 
 /// The gRPC message prefix: compressed flag and a big-endian u32 length.
@@ -52,6 +54,12 @@ pub struct Charger {
     max_recv_bytes: usize,
     request_progress_timeout: Duration,
     metrics: Metrics,
+    /// Streams reset for a request body that stopped.
+    stalled: Counter,
+    /// Whether calls may be decoded, so the decoded copy is charged up front too: by a hook,
+    /// or for the object log.
+    hooks: Hooks,
+    log_objects: bool,
     refusals: Arc<WarnLimit>,
 }
 
@@ -62,12 +70,17 @@ impl Charger {
         max_recv_bytes: usize,
         request_progress_timeout: Duration,
         metrics: Metrics,
+        hooks: Hooks,
+        log_objects: bool,
     ) -> Self {
         Self {
             budget,
             max_recv_bytes,
             request_progress_timeout,
+            stalled: metrics.streams_reset(StreamReset::RequestProgress),
             metrics,
+            hooks,
+            log_objects,
             refusals: Arc::default(),
         }
     }
@@ -78,6 +91,8 @@ impl Charger {
     }
 
     /// The charge for a message of `len` bytes on `connection`, or the refusal to answer with.
+    /// While hooks may decode calls, the decoded copy is reserved with the message (twice its
+    /// length); the dispatcher returns what the call turns out not to need.
     fn charge(
         &self,
         len: usize,
@@ -92,7 +107,12 @@ impl Charger {
             self.warn(len, &status);
             return Err(status);
         }
-        connection.take(len).inspect_err(|status| {
+        let need = if self.log_objects || self.hooks.may_decode() {
+            len.saturating_mul(2)
+        } else {
+            len
+        };
+        connection.take(need).inspect_err(|status| {
             self.metrics.reject(Rejection::InFlightBudget);
             self.warn(len, status);
         })
@@ -146,9 +166,12 @@ where
     }
 
     fn call(&mut self, request: Request<Incoming>) -> Self::Future {
-        let timeout = self.charger.request_progress_timeout;
+        let progress = Progress {
+            timeout: self.charger.request_progress_timeout,
+            stalled: self.charger.stalled.clone(),
+        };
         if !CHARGED_PATHS.contains(&request.uri().path()) {
-            let request = request.map(|body| ChargedBody::new(VecDeque::new(), body, timeout));
+            let request = request.map(|body| ChargedBody::new(VecDeque::new(), body, progress));
             return Box::pin(self.inner.call(request));
         }
         // The service is always ready (tonic's routes are); the clone takes that readiness over.
@@ -158,7 +181,7 @@ where
         Box::pin(async move {
             let (mut parts, mut body) = request.into_parts();
             let mut head = VecDeque::new();
-            match read_prefix(&mut body, &mut head, timeout).await {
+            match read_prefix(&mut body, &mut head, &progress).await {
                 Err(status) => return Ok(status.into_http()),
                 // The body ended before a whole prefix: tonic answers that as it always has.
                 Ok(None) => {}
@@ -172,7 +195,7 @@ where
             inner
                 .call(Request::from_parts(
                     parts,
-                    ChargedBody::new(head, body, timeout),
+                    ChargedBody::new(head, body, progress),
                 ))
                 .await
         })
@@ -184,13 +207,13 @@ where
 async fn read_prefix(
     body: &mut Incoming,
     head: &mut VecDeque<Frame<Bytes>>,
-    timeout: Duration,
+    progress: &Progress,
 ) -> Result<Option<usize>, Status> {
     let mut have = 0;
     while have < PREFIX_BYTES {
         let next = poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx));
-        let frame = match tokio::time::timeout(timeout, next).await {
-            Err(_) => return Err(stalled(timeout)),
+        let frame = match tokio::time::timeout(progress.timeout, next).await {
+            Err(_) => return Err(progress.stalled()),
             Ok(None) => return Ok(None),
             Ok(Some(Err(err))) => return Err(Status::from_error(Box::new(err))),
             Ok(Some(Ok(frame))) => frame,
@@ -216,11 +239,22 @@ async fn read_prefix(
     Ok(Some(usize::try_from(len).unwrap_or(usize::MAX)))
 }
 
-fn stalled(timeout: Duration) -> Status {
-    Status::deadline_exceeded(format!(
-        "request body made no progress for {} s (request_progress_timeout_secs)",
-        timeout.as_secs_f64()
-    ))
+/// How long a request body may make no progress, and where a stall is counted.
+#[derive(Debug)]
+struct Progress {
+    timeout: Duration,
+    stalled: Counter,
+}
+
+impl Progress {
+    /// Counts a stall and says what it was.
+    fn stalled(&self) -> Status {
+        self.stalled.inc();
+        Status::deadline_exceeded(format!(
+            "request body made no progress for {} s (request_progress_timeout_secs)",
+            self.timeout.as_secs_f64()
+        ))
+    }
 }
 
 /// A request body: the frames read for the prefix, then the rest, failed when it makes no
@@ -230,17 +264,17 @@ fn stalled(timeout: Duration) -> Status {
 pub struct ChargedBody {
     head: VecDeque<Frame<Bytes>>,
     body: Incoming,
-    timeout: Duration,
+    progress: Progress,
     /// Made the first time the body has to wait: a message that arrived whole needs no timer.
     due: Option<Pin<Box<Sleep>>>,
 }
 
 impl ChargedBody {
-    fn new(head: VecDeque<Frame<Bytes>>, body: Incoming, timeout: Duration) -> Self {
+    fn new(head: VecDeque<Frame<Bytes>>, body: Incoming, progress: Progress) -> Self {
         Self {
             head,
             body,
-            timeout,
+            progress,
             due: None,
         }
     }
@@ -261,17 +295,17 @@ impl HttpBody for ChargedBody {
         match Pin::new(&mut this.body).poll_frame(cx) {
             Poll::Ready(frame) => {
                 if let Some(due) = &mut this.due {
-                    due.as_mut().reset(Instant::now() + this.timeout);
+                    due.as_mut().reset(Instant::now() + this.progress.timeout);
                 }
                 Poll::Ready(frame.map(|f| f.map_err(|err| Status::from_error(Box::new(err)))))
             }
             Poll::Pending => {
-                let timeout = this.timeout;
+                let timeout = this.progress.timeout;
                 let due = this
                     .due
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(due.as_mut().poll(cx));
-                Poll::Ready(Some(Err(stalled(timeout))))
+                Poll::Ready(Some(Err(this.progress.stalled())))
             }
         }
     }

@@ -13,10 +13,11 @@ use crate::{
     charge::CarriedShare,
     codec::RawMessage,
     event_log,
-    hooks::{Hooks, StepContext, UnknownHooks, fail_closed},
-    limits::{InFlightBudget, ReplyPolicy},
+    hooks::{Hooks, StepContext, UnknownHooks, decode_selected, fail_closed},
+    limits::{BudgetShare, InFlightBudget, ReplyPolicy},
     metrics::{Metrics, Outcome, Rejection},
     object_log, pb,
+    response::{SplicedReplies, SplicedReply},
     telemetry::{AttrValue, CallSpan, Traces},
     wire::{self, ObjectSummary},
 };
@@ -125,6 +126,57 @@ impl Dispatcher {
         self.traces.start(DISPATCH_SPAN, metadata, &attributes)
     }
 
+    /// Counts and logs (rate-limited) a request that is not a valid Object, wherever that was
+    /// found: the scan, or a hook's decode of a nested field; the answer says what was wrong.
+    fn malformed(&self, request_bytes: usize, err: &dyn std::fmt::Display) -> Status {
+        self.metrics.reject(Rejection::Malformed);
+        if let Some(suppressed) = self.warnings.malformed.permit() {
+            tracing::warn!(
+                request_bytes,
+                error = %err,
+                suppressed,
+                "malformed Object refused"
+            );
+        }
+        Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
+    }
+
+    /// The whole Object, decoded.
+    fn decode(&self, bytes: &Bytes) -> Result<pb::Object, Status> {
+        <pb::Object as prost::Message>::decode(bytes.clone())
+            .map_err(|err| self.malformed(bytes.len(), &err))
+    }
+
+    /// Holds `copies` bytes beside the `request` bytes in `share` for copies the call is about
+    /// to make: from what was reserved with the message (see `charge`), returning the rest, and
+    /// beyond it only if the budget allows (a reload may have added hooks since the call was
+    /// charged); refused (RESOURCE_EXHAUSTED, counted) when it does not. The extra share, if
+    /// any, is returned when dropped.
+    fn charge_copies(
+        &self,
+        share: &BudgetShare,
+        request: usize,
+        copies: usize,
+    ) -> Result<Option<BudgetShare>, Status> {
+        let reserved = share.bytes().saturating_sub(request);
+        if copies <= reserved {
+            share.resize(request + copies);
+            return Ok(None);
+        }
+        let more = copies - reserved;
+        share.take_more(more).map(Some).inspect_err(|status| {
+            self.metrics.reject(Rejection::InFlightBudget);
+            if let Some(suppressed) = self.warnings.refused.permit() {
+                tracing::warn!(
+                    copy_bytes = more,
+                    reason = status.message(),
+                    suppressed,
+                    "call refused: no budget to decode its Object"
+                );
+            }
+        })
+    }
+
     /// Everything after the scan: budget, logs, the hook's pipeline, the reply fitted to the
     /// limit.
     async fn answer(
@@ -188,12 +240,15 @@ impl Dispatcher {
                 }
             }
         }
-        let (reply, outcome, response_code) = self.run_hook(bytes, summary, span).await?;
-        // An edited reply is a second buffer, held until it is sent: charged on top of the
-        // request (the decoded Object the hook worked on is gone by now and is not charged).
-        if reply.as_ptr() != bytes.as_ptr() {
-            share.add(reply.len());
-        }
+        let (reply, outcome, response_code) = self.run_hook(bytes, summary, span, &share).await?;
+        // The decoded Object is gone: what stays is the request and, when the hook edited it,
+        // the reply, a second buffer held until it is sent.
+        let edited = if reply.as_ptr() == bytes.as_ptr() {
+            0
+        } else {
+            reply.len()
+        };
+        share.resize(bytes.len() + edited);
         let (reply, _fit) = self.replies.fit(reply).inspect_err(|_| {
             self.metrics.reject(Rejection::ReplyTooLarge);
         })?;
@@ -207,11 +262,17 @@ impl Dispatcher {
 
     /// The hook's pipeline, or the unknown-hook policy; the request's own bytes go back when
     /// nothing changes.
+    ///
+    /// Decoding makes copies of the Object's strings and maps: the decoded Object is charged to
+    /// the budget (estimated by the bytes it is decoded from; twice that when it is cloned)
+    /// before it is made, refused like any call the budget cannot cover, and returned when the
+    /// hook is done with it.
     async fn run_hook(
         &self,
         bytes: &Bytes,
         summary: &ObjectSummary<'_>,
         span: &CallSpan,
+        share: &BudgetShare,
     ) -> Result<(Bytes, Outcome, Option<i32>), Status> {
         let table = self.hooks.current();
         let api_id = summary.api_id.unwrap_or("");
@@ -234,22 +295,32 @@ impl Dispatcher {
                 );
             }
             if table.unknown() == UnknownHooks::Pass {
+                share.resize(bytes.len());
                 return Ok((bytes.clone(), Outcome::Unchanged, None));
             }
-            let object = decode(bytes)?;
+            // The decoded Object and its clone.
+            let _copies = self.charge_copies(share, bytes.len(), 2 * bytes.len())?;
+            let object = self.decode(bytes)?;
             let mut refused = object.clone();
             let hook_type = pb::HookType::try_from(summary.hook_type).unwrap_or(pb::HookType::Pre);
             fail_closed(&mut refused, hook_type);
             let reply = crate::hooks::reply_bytes(bytes, &object, refused)
-                .map_err(|err| {
-                    Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
-                })?
+                .map_err(|err| self.malformed(bytes.len(), &err))?
                 .unwrap_or_else(|| bytes.clone());
             return Ok((reply, Outcome::Failed, None));
         };
-        let object = pipeline.decode(bytes).map_err(|err| {
-            Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
-        })?;
+        let selected = pipeline
+            .select(bytes)
+            .map_err(|err| self.malformed(bytes.len(), &err))?;
+        // The decoded strings and maps, estimated by the bytes they come from; a selection is a
+        // copy of its own, charged with them.
+        let copies = if selected.as_ptr() == bytes.as_ptr() {
+            selected.len()
+        } else {
+            2 * selected.len()
+        };
+        let _copies = self.charge_copies(share, bytes.len(), copies)?;
+        let object = decode_selected(selected).map_err(|err| self.malformed(bytes.len(), &err))?;
         let config_data = summary
             .config_data
             .and_then(|raw| self.hooks.config_data(raw));
@@ -276,6 +347,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
     async fn dispatch(&self, request: Request<RawMessage>) -> Result<Response<RawMessage>, Status> {
         let (metadata, mut extensions, message) = request.into_parts();
         let charged = extensions.remove::<CarriedShare>();
+        let spliced = extensions.remove::<SplicedReplies>().is_some();
         let bytes = message.into_bytes();
         let scanned = wire::scan_object(&bytes);
         let summary = scanned.clone().unwrap_or_default();
@@ -290,20 +362,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         let result = async {
             match &scanned {
                 Ok(summary) => self.answer(&bytes, summary, &span, charged).await,
-                Err(err) => {
-                    self.metrics.reject(Rejection::Malformed);
-                    if let Some(suppressed) = self.warnings.malformed.permit() {
-                        tracing::warn!(
-                            request_bytes = bytes.len(),
-                            error = %err,
-                            suppressed,
-                            "malformed Object refused"
-                        );
-                    }
-                    Err(Status::invalid_argument(format!(
-                        "malformed coprocess.Object: {err}"
-                    )))
-                }
+                Err(err) => Err(self.malformed(bytes.len(), err)),
             }
         }
         .instrument(log_span(&span))
@@ -325,7 +384,17 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                     );
                 }
                 span.end(answered.outcome.as_str(), Code::Ok);
-                let mut response = Response::new(RawMessage::new(answered.reply));
+                // Served by our own routes, the reply goes out as it is instead of being copied
+                // into tonic's encode buffer (see `response`).
+                let mut response = if spliced {
+                    let mut response = Response::new(RawMessage::default());
+                    response
+                        .extensions_mut()
+                        .insert(SplicedReply(answered.reply));
+                    response
+                } else {
+                    Response::new(RawMessage::new(answered.reply))
+                };
                 // Held until the reply has been sent (see `response`).
                 response.extensions_mut().insert(answered.share);
                 Ok(response)
@@ -377,11 +446,6 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
         // An empty EventReply encodes to zero bytes.
         Ok(Response::new(RawMessage::default()))
     }
-}
-
-fn decode(bytes: &Bytes) -> Result<pb::Object, Status> {
-    <pb::Object as prost::Message>::decode(bytes.clone())
-        .map_err(|err| Status::invalid_argument(format!("malformed coprocess.Object: {err}")))
 }
 
 /// The parts of an event payload the `event` line shows; everything else (notably `Meta.Key`,

@@ -7,6 +7,7 @@
 
 use std::path::PathBuf;
 
+use bytes::Bytes;
 use prost::Message;
 
 use crate::{
@@ -39,7 +40,7 @@ pub fn run(target: &str, data: &[u8]) -> bool {
             event(&message);
         }
         "object_log" => {
-            let _ = object_log::render(data);
+            let _ = object_log::render(&Bytes::copy_from_slice(data));
         }
         "event_log" => {
             let _ = event_log::render(data);
@@ -60,7 +61,7 @@ pub fn object(data: &[u8]) {
     let decoded = pb::Object::decode(data);
     if wire::scan_object(data).is_err() {
         // Refused before anything else runs; the logger still must not fall over.
-        let _ = object_log::render(data);
+        let _ = object_log::render(&Bytes::copy_from_slice(data));
         return;
     }
     if let Err(err) = &decoded {
@@ -105,7 +106,7 @@ pub fn object(data: &[u8]) {
             "dropping body strings changed something else",
         );
     }
-    object_log::render(data).expect("a valid Object renders");
+    object_log::render(&Bytes::copy_from_slice(data)).expect("a valid Object renders");
     edit(data, &old);
 }
 

@@ -14,6 +14,7 @@
 //! - [`charge`]: a call's message charged to the budget from its prefix, before its body.
 //! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
 //! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
+//! - [`stream_watch`]: one stream reset when its reply makes no send progress.
 //! - [`listener`]: TCP, Unix-socket and TLS listeners.
 //! - [`hygiene`]: handshake and first-call watches, `accept` back-off, the open-file limit.
 //! - [`tls`]: rustls configuration with certificate reload.
@@ -47,6 +48,7 @@ pub mod pb;
 pub mod reload;
 pub mod response;
 pub mod server;
+pub mod stream_watch;
 pub mod telemetry;
 pub mod tls;
 pub mod wire;

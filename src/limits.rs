@@ -2,7 +2,7 @@
 
 use std::sync::{
     Arc,
-    atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicUsize, Ordering},
 };
 
 use bytes::Bytes;
@@ -44,10 +44,6 @@ pub struct ConnectionBudget {
     shared: Arc<Shared>,
     held: AtomicUsize,
     counted: AtomicBool,
-    /// Reply bodies alive on this connection, i.e. not yet wholly taken by HTTP/2.
-    replies: AtomicUsize,
-    /// Advanced each time one of those bodies is polled: HTTP/2 took what it gave before.
-    reply_progress: AtomicU64,
 }
 
 impl Drop for ConnectionBudget {
@@ -72,7 +68,8 @@ impl ConnectionBudget {
         let connections = shared.connections.load(Ordering::Acquire).max(1);
         let before = self.held.fetch_add(bytes, Ordering::AcqRel);
         if connections > 1 {
-            let fair = (shared.total / connections).max(shared.floor);
+            // Never below one call: a connection holding nothing may always make one.
+            let fair = (shared.total / connections).max(shared.floor).max(bytes);
             // A share as large as the budget refuses nothing the budget itself would not, and
             // the budget's refusal says more.
             if fair < shared.total && before.saturating_add(bytes) > fair {
@@ -99,37 +96,6 @@ impl ConnectionBudget {
     /// Bytes this connection's calls hold now.
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
-    }
-
-    /// Marks a reply body alive until the guard is dropped.
-    pub fn reply_started(self: &Arc<Self>) -> ReplyGuard {
-        self.replies.fetch_add(1, Ordering::AcqRel);
-        ReplyGuard(self.clone())
-    }
-
-    /// Reply bodies alive now, and the progress count.
-    pub fn replies(&self) -> (usize, u64) {
-        (
-            self.replies.load(Ordering::Acquire),
-            self.reply_progress.load(Ordering::Acquire),
-        )
-    }
-}
-
-/// A reply body alive on a connection (see [`ConnectionBudget::reply_started`]).
-#[derive(Debug)]
-pub struct ReplyGuard(Arc<ConnectionBudget>);
-
-impl ReplyGuard {
-    /// HTTP/2 took what the body gave before and asks for more.
-    pub fn progressed(&self) {
-        self.0.reply_progress.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-impl Drop for ReplyGuard {
-    fn drop(&mut self) {
-        self.0.replies.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -173,19 +139,40 @@ impl BudgetShare {
         self.bytes.load(Ordering::Relaxed)
     }
 
-    /// Adds `bytes` to the share, over the budget if need be: the work is done, refusing now
-    /// would only waste it, and later calls see the memory it holds.
-    pub fn add(&self, bytes: usize) {
-        self.shared.held.fetch_add(bytes, Ordering::AcqRel);
-        if let Some(connection) = &self.connection {
-            connection.held.fetch_add(bytes, Ordering::AcqRel);
+    /// A further share of `bytes` for a copy the same call makes, taken like the first one
+    /// (within the connection's fair share and the budget).
+    ///
+    /// # Errors
+    /// RESOURCE_EXHAUSTED naming the figures, when they cannot hold `bytes` more.
+    pub fn take_more(&self, bytes: usize) -> Result<BudgetShare, Status> {
+        match &self.connection {
+            Some(connection) => connection.take(bytes),
+            None => take_from(&self.shared, bytes).map(|()| BudgetShare {
+                shared: self.shared.clone(),
+                connection: None,
+                bytes: AtomicUsize::new(bytes),
+            }),
         }
-        self.bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// The connection the share was taken for, if any.
-    pub fn connection(&self) -> Option<&Arc<ConnectionBudget>> {
-        self.connection.as_ref()
+    /// Makes the share `bytes`: smaller returns the rest; larger goes over the budget if need
+    /// be: the work is done, refusing now would only waste it, and later calls see the memory it
+    /// holds.
+    pub fn resize(&self, bytes: usize) {
+        let before = self.bytes.swap(bytes, Ordering::AcqRel);
+        if bytes >= before {
+            let more = bytes - before;
+            self.shared.held.fetch_add(more, Ordering::AcqRel);
+            if let Some(connection) = &self.connection {
+                connection.held.fetch_add(more, Ordering::AcqRel);
+            }
+        } else {
+            let less = before - bytes;
+            self.shared.held.fetch_sub(less, Ordering::AcqRel);
+            if let Some(connection) = &self.connection {
+                connection.held.fetch_sub(less, Ordering::AcqRel);
+            }
+        }
     }
 }
 
@@ -208,8 +195,6 @@ impl InFlightBudget {
             shared: self.shared.clone(),
             held: AtomicUsize::new(0),
             counted: AtomicBool::new(false),
-            replies: AtomicUsize::new(0),
-            reply_progress: AtomicU64::new(0),
         })
     }
 
@@ -358,8 +343,10 @@ mod tests {
         assert_eq!(budget.held(), 0);
         let b = budget.take(100).unwrap();
         // Growth after the work is done is never refused, and all of it comes back.
-        b.add(30);
+        b.resize(130);
         assert_eq!((b.bytes(), budget.held()), (130, 130));
+        b.resize(40);
+        assert_eq!((b.bytes(), budget.held()), (40, 40));
         drop(b);
         assert_eq!(budget.held(), 0);
     }
@@ -401,18 +388,6 @@ mod tests {
         drop((_c1, c));
         let _b2 = b.take(20).unwrap();
         assert_eq!((a.held(), b.held(), budget.held()), (50, 30, 80));
-    }
-
-    #[test]
-    fn reply_guards_count_live_bodies_and_their_progress() {
-        let budget = InFlightBudget::new(100, 100);
-        let connection = budget.connection();
-        let guard = connection.reply_started();
-        guard.progressed();
-        guard.progressed();
-        assert_eq!(connection.replies(), (1, 2));
-        drop(guard);
-        assert_eq!(connection.replies(), (0, 2));
     }
 
     fn object(body: &[u8], utf8: bool) -> Bytes {

@@ -9,6 +9,7 @@
 //! [`crate::event_log::MAX_STRING_BYTES`] is cut as event payloads are: a 4 MiB hook name or
 //! header must not become a 4 MiB log line.
 
+use bytes::Bytes;
 use prost::Message;
 use serde_json::{Map, Value, json};
 
@@ -105,8 +106,9 @@ fn redact_url_field(request: &mut Map<String, Value>, field: &str) {
 ///
 /// # Errors
 /// When the bytes are not a valid Object.
-pub fn render(bytes: &[u8]) -> Result<Value, prost::DecodeError> {
-    Ok(render_object(pb::Object::decode(bytes)?))
+pub fn render(bytes: &Bytes) -> Result<Value, prost::DecodeError> {
+    // From `Bytes`, the bodies are shared, not copied: they are only hashed.
+    Ok(render_object(pb::Object::decode(bytes.clone())?))
 }
 
 /// Renders a decoded Object as redacted canonical JSON.
@@ -226,7 +228,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let value = render(&object.encode_to_vec()).unwrap();
+        let value = render(&object.encode_to_vec().into()).unwrap();
         assert_eq!(value["hookType"], "Pre");
         assert_eq!(value["hookName"], "MyPre");
         assert_eq!(value["request"]["returnOverrides"]["responseCode"], -1);
@@ -244,7 +246,7 @@ mod tests {
             }),
             ..Default::default()
         };
-        let value = render(&object.encode_to_vec()).unwrap();
+        let value = render(&object.encode_to_vec().into()).unwrap();
         let cut = |c: &str, full: usize| format!("{}…[cut, {full} bytes]", c.repeat(1024));
         assert_eq!(value["hookName"], cut("n", 4 << 20));
         assert_eq!(value["request"]["headers"][cut("H", 2000)], cut("v", 1025));
@@ -313,7 +315,7 @@ mod tests {
                 ..Default::default()
             }),
         };
-        let text = render(&object.encode_to_vec()).unwrap().to_string();
+        let text = render(&object.encode_to_vec().into()).unwrap().to_string();
         for secret in secrets {
             assert!(!text.contains(secret), "{secret} leaked: {text}");
         }

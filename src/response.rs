@@ -2,6 +2,12 @@
 //! RESOURCE_EXHAUSTED (what gRPC specifies; tonic says OUT_OF_RANGE), and a call's share of the
 //! in-flight byte budget is held until its reply has been sent, not just built; the reply goes to
 //! HTTP/2 in chunks, each counted as send progress.
+//!
+//! A Dispatch reply is spliced in here rather than encoded by tonic: tonic's encoder copies the
+//! message into its own buffer, a second copy of every reply (up to 64 MiB each) that the budget
+//! does not see and the hot path does not need. The handler answers an empty message with the
+//! reply's bytes in [`SplicedReply`]; tonic's frame for the empty message is replaced by the
+//! reply's own 5-byte prefix and then the bytes themselves, uncopied.
 
 use std::{
     convert::Infallible,
@@ -18,10 +24,22 @@ use prometheus_client::metrics::counter::Counter;
 use tonic::{body::Body, service::Routes};
 use tower::Service;
 
-use crate::limits::{BudgetShare, ReplyGuard};
+use crate::{
+    limits::BudgetShare,
+    stream_watch::{self, StreamProgress},
+};
 
 /// tonic's message for a request over `max_decoding_message_size`.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
+
+/// Put in every request's extensions by [`FinishedRoutes`]: its responses may carry a
+/// [`SplicedReply`].
+#[derive(Debug, Clone, Copy)]
+pub struct SplicedReplies;
+
+/// A reply message sent in place of the response's own (empty) message.
+#[derive(Debug, Clone)]
+pub struct SplicedReply(pub Bytes);
 
 /// The gRPC routes with responses finished as described in the module docs.
 #[derive(Debug, Clone)]
@@ -50,7 +68,8 @@ where
         Service::<Request<B>>::poll_ready(&mut self.routes, cx)
     }
 
-    fn call(&mut self, request: Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        request.extensions_mut().insert(SplicedReplies);
         Finishing {
             inner: self.routes.call(request),
             too_large: self.too_large.clone(),
@@ -81,10 +100,15 @@ where
 
 fn finish(mut response: Response<Body>, too_large: &Counter) -> Response<Body> {
     if let Some(share) = response.extensions_mut().remove::<Arc<BudgetShare>>() {
-        let reply = share.connection().map(|c| c.reply_started());
+        let spliced = response
+            .extensions_mut()
+            .remove::<SplicedReply>()
+            .map(|reply| reply.0);
+        let reply = stream_watch::reply_progress();
         return response.map(|body| {
             Body::new(HoldingBody {
                 body,
+                spliced,
                 rest: Bytes::new(),
                 reply,
                 _share: share,
@@ -140,12 +164,14 @@ fn rephrase_too_large(tonic_message: &str) -> String {
 const REPLY_CHUNK_BYTES: usize = 64 * 1024;
 
 /// A response body that keeps a budget share until it is dropped (fully sent or abandoned), and
-/// reports each poll as send progress of its connection's replies (see `server`).
+/// reports each poll as send progress of its stream (see `stream_watch`).
 struct HoldingBody {
     body: Body,
+    /// The reply to send in place of the body's empty message, until that message comes.
+    spliced: Option<Bytes>,
     /// What is left of a data frame cut into chunks.
     rest: Bytes,
-    reply: Option<ReplyGuard>,
+    reply: Option<Arc<StreamProgress>>,
     _share: Arc<BudgetShare>,
 }
 
@@ -168,6 +194,11 @@ impl HttpBody for HoldingBody {
         let frame = ready!(Pin::new(&mut this.body).poll_frame(cx));
         Poll::Ready(frame.map(|frame| {
             frame.map(|frame| match frame.into_data() {
+                Ok(data) if data[..] == EMPTY_MESSAGE && this.spliced.is_some() => {
+                    let reply = this.spliced.take().unwrap_or_default();
+                    this.rest = reply;
+                    Frame::data(message_prefix(this.rest.len()))
+                }
                 Ok(mut data) => {
                     let chunk = cut(&mut data);
                     this.rest = data;
@@ -191,6 +222,18 @@ impl HttpBody for HoldingBody {
         }
         hint
     }
+}
+
+/// An empty gRPC message as tonic frames it: uncompressed, length 0.
+const EMPTY_MESSAGE: [u8; 5] = [0; 5];
+
+/// The 5-byte gRPC prefix of an uncompressed message of `len` bytes (replies are bounded by
+/// `max_reply_bytes`, far below 4 GiB).
+fn message_prefix(len: usize) -> Bytes {
+    let len = u32::try_from(len).unwrap_or(u32::MAX);
+    let mut prefix = [0u8; 5];
+    prefix[1..].copy_from_slice(&len.to_be_bytes());
+    Bytes::copy_from_slice(&prefix)
 }
 
 /// The first [`REPLY_CHUNK_BYTES`] of `data`, leaving the rest in it.

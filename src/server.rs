@@ -20,7 +20,7 @@ use std::{
 
 use hyper::server::conn::http2;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
+    rt::{TokioIo, TokioTimer},
     service::TowerToHyperService,
 };
 use rand::Rng;
@@ -38,13 +38,15 @@ use crate::{
     charge::{Charger, Charging},
     config::Config,
     dispatcher::Dispatcher,
+    hooks::Hooks,
     hygiene::{AcceptBackoff, HandshakeWatch, MarkCalls},
     lifecycle::{ConnectionGuard, Lifecycle},
     limits::InFlightBudget,
     listener::{BoundAddr, Listener},
-    metrics::{Metrics, RefusedBy, Rejection, TimedOut},
+    metrics::{Metrics, RefusedBy, Rejection, StreamReset, TimedOut},
     pb::{self, dispatcher_server::DispatcherServer},
     response::FinishedRoutes,
+    stream_watch::StreamExecutor,
     tls::ReloadingConfig,
 };
 
@@ -102,14 +104,13 @@ pub fn routes(
 pub struct ConnectionServer {
     routes: FinishedRoutes,
     charger: Arc<Charger>,
-    http2: http2::Builder<TokioExecutor>,
+    http2: http2::Builder<StreamExecutor>,
     lifecycle: Lifecycle,
     metrics: Metrics,
     max_age: Option<Duration>,
     age_grace: Duration,
     handshake_timeout: Duration,
     idle_timeout: Duration,
-    reply_progress_timeout: Duration,
     /// One permit per open connection, `max_connections` in all.
     slots: Arc<Semaphore>,
     refusals: Arc<WarnLimit>,
@@ -124,9 +125,13 @@ impl ConnectionServer {
         budget: InFlightBudget,
         lifecycle: Lifecycle,
         metrics: Metrics,
+        hooks: Hooks,
         max_connections: usize,
     ) -> Self {
-        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        let mut http2 = http2::Builder::new(StreamExecutor::new(
+            Duration::from_secs(config.reply_progress_timeout_secs),
+            metrics.streams_reset(StreamReset::ReplyProgress),
+        ));
         http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(config.max_concurrent_streams)
@@ -143,6 +148,8 @@ impl ConnectionServer {
             config.max_recv_bytes,
             Duration::from_secs(config.request_progress_timeout_secs),
             metrics.clone(),
+            hooks,
+            config.log_objects,
         ));
         Self {
             routes,
@@ -154,7 +161,6 @@ impl ConnectionServer {
             age_grace: Duration::from_secs(config.max_connection_age_grace_secs),
             handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
             idle_timeout: Duration::from_secs(config.idle_timeout_secs),
-            reply_progress_timeout: Duration::from_secs(config.reply_progress_timeout_secs),
             slots: Arc::new(Semaphore::new(max_connections)),
             refusals: Arc::new(WarnLimit::default()),
         }
@@ -203,11 +209,6 @@ impl ConnectionServer {
         let mut age = pin!(age);
         let mut closing = false;
         let mut grace_over = pin!(tokio::time::sleep(Duration::MAX));
-        // Reply progress is sampled a few times per timeout; a connection whose live replies
-        // have not moved for the whole timeout is closed (see `check_replies`).
-        let mut reply_check = tokio::time::interval(self.reply_progress_timeout / 4);
-        reply_check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut replies_seen = ReplyProgress::default();
         loop {
             tokio::select! {
                 result = conn.as_mut() => {
@@ -249,17 +250,6 @@ impl ConnectionServer {
                         tracing::warn!("connection still busy after its grace period: closed");
                     }
                     break;
-                }
-                now = reply_check.tick() => {
-                    if replies_seen.stalled(budget.replies(), now, self.reply_progress_timeout) {
-                        tracing::warn!(
-                            timeout_secs = self.reply_progress_timeout.as_secs(),
-                            held_bytes = budget.held(),
-                            "replies made no send progress in time: connection closed"
-                        );
-                        self.metrics.connections_timed_out(TimedOut::ReplyProgress).inc();
-                        break;
-                    }
                 }
                 () = self.lifecycle.abort_token().cancelled() => break,
             }
@@ -369,33 +359,6 @@ impl ConnectionServer {
     }
 }
 
-/// The send progress of a connection's replies, as last sampled.
-///
-/// hyper offers no way to reset one stream from outside its body, and a reply that HTTP/2
-/// cannot send is never polled again, so a stalled reply cannot fail itself. Instead the
-/// connection is watched: while replies are alive and none has been polled for more for the
-/// whole timeout, the client is not reading them, and dropping the connection ends their streams
-/// and returns their shares. A client that reads one stream while starving another is not
-/// caught here; the fair share bounds what it can hold.
-#[derive(Debug, Default)]
-struct ReplyProgress {
-    count: u64,
-    since: Option<Instant>,
-}
-
-impl ReplyProgress {
-    /// Whether `(alive, count)` sampled at `now` shows replies stuck for `timeout`.
-    fn stalled(&mut self, (alive, count): (usize, u64), now: Instant, timeout: Duration) -> bool {
-        if alive == 0 || count != self.count {
-            self.count = count;
-            self.since = (alive > 0).then_some(now);
-            return false;
-        }
-        let since = *self.since.get_or_insert(now);
-        now.duration_since(since) >= timeout
-    }
-}
-
 /// An accepted connection, counted for the drain and in the metrics, and holding its slot
 /// under `max_connections`, until dropped.
 struct Tracked {
@@ -467,31 +430,4 @@ fn take_pending(listener: &Listener) -> Vec<Accepted> {
         }
     }
     pending
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn replies_are_stalled_only_when_alive_and_unmoved_for_the_whole_timeout() {
-        let timeout = Duration::from_secs(4);
-        let start = Instant::now();
-        let at = |secs| start + Duration::from_secs(secs);
-        let mut seen = ReplyProgress::default();
-        // Nothing alive: never stalled, however long.
-        assert!(!seen.stalled((0, 0), at(0), timeout));
-        assert!(!seen.stalled((0, 0), at(10), timeout));
-        // Alive and moving.
-        assert!(!seen.stalled((1, 1), at(11), timeout));
-        assert!(!seen.stalled((1, 2), at(14), timeout));
-        // Alive, unmoved since 14: not yet at 17, stalled at 18.
-        assert!(!seen.stalled((1, 2), at(17), timeout));
-        assert!(seen.stalled((1, 2), at(18), timeout));
-        // Once the reply finishes, the clock starts over.
-        assert!(!seen.stalled((0, 2), at(19), timeout));
-        assert!(!seen.stalled((1, 2), at(20), timeout));
-        assert!(!seen.stalled((1, 2), at(23), timeout));
-        assert!(seen.stalled((1, 2), at(24), timeout));
-    }
 }

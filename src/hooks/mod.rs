@@ -21,7 +21,7 @@ mod table;
 pub use config::{HookConfig, HookTypeName, OnError, StepConfig, UnknownHooks};
 pub use edit::reply_bytes;
 pub use parts::ObjectParts;
-pub use pipeline::{Answer, Failure, Pipeline, fail_closed};
+pub use pipeline::{Answer, Failure, Pipeline, decode_selected, fail_closed};
 pub use step::{Step, StepContext, StepError, StepOutcome};
 pub use steps::{StepKind, StepRegistry};
 pub use table::{HookTable, Hooks};

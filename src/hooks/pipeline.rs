@@ -127,19 +127,28 @@ impl Pipeline {
         })
     }
 
-    /// The parts of `original` (an encoded Object) that the steps work on, decoded.
+    /// The bytes the steps' parts are decoded from: `original` itself when they need all of
+    /// it, else a copy of just those fields.
     ///
     /// # Errors
     /// When `original` is not a valid Object, with the reason.
-    pub fn decode(&self, original: &Bytes) -> Result<pb::Object, String> {
+    pub fn select(&self, original: &Bytes) -> Result<Bytes, String> {
         if self.parts.is_all() {
-            return pb::Object::decode(original.clone()).map_err(|err| err.to_string());
+            return Ok(original.clone());
         }
         let mut selected = Vec::with_capacity(64);
         self.parts
             .select(original, &mut selected)
             .map_err(|err| err.to_string())?;
-        pb::Object::decode(selected.as_slice()).map_err(|err| err.to_string())
+        Ok(selected.into())
+    }
+
+    /// The parts of `original` (an encoded Object) that the steps work on, decoded.
+    ///
+    /// # Errors
+    /// When `original` is not a valid Object, with the reason.
+    pub fn decode(&self, original: &Bytes) -> Result<pb::Object, String> {
+        decode_selected(self.select(original)?)
     }
 
     /// Runs the steps on `object` (decoded from `original` by [`Pipeline::decode`]).
@@ -341,4 +350,13 @@ pub fn fail_closed(object: &mut pb::Object, hook_type: HookType) {
         }
         _ => super::steps::respond_to_request(object, 503, FAILED_BODY, &headers, true),
     }
+}
+
+/// An Object decoded from [`Pipeline::select`]'s bytes (bytes fields share them; strings and
+/// maps are copies).
+///
+/// # Errors
+/// When `selected` is not a valid Object, with the reason.
+pub fn decode_selected(selected: Bytes) -> Result<pb::Object, String> {
+    pb::Object::decode(selected).map_err(|err| err.to_string())
 }

@@ -172,6 +172,13 @@ impl Hooks {
         }
     }
 
+    /// Whether a call may be decoded by the table in force: it declares hooks, or refuses
+    /// undeclared ones (which decodes them to build the refusal).
+    pub fn may_decode(&self) -> bool {
+        let table = self.table.load();
+        !table.is_empty() || table.unknown() != UnknownHooks::Pass
+    }
+
     /// The table in force.
     pub fn current(&self) -> Arc<HookTable> {
         self.table.load_full()

@@ -108,8 +108,6 @@ pub enum TimedOut {
     Handshake,
     /// No call within `idle_timeout_secs`.
     Idle,
-    /// Replies that made no send progress for `reply_progress_timeout_secs`.
-    ReplyProgress,
 }
 
 impl TimedOut {
@@ -118,6 +116,24 @@ impl TimedOut {
         match self {
             Self::Handshake => "handshake",
             Self::Idle => "idle",
+        }
+    }
+}
+
+/// Why the server reset one call's stream; the `reason` label of `streams_reset`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamReset {
+    /// The request body made no progress for `request_progress_timeout_secs`.
+    RequestProgress,
+    /// The reply made no send progress for `reply_progress_timeout_secs`.
+    ReplyProgress,
+}
+
+impl StreamReset {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestProgress => "request_progress",
             Self::ReplyProgress => "reply_progress",
         }
     }
@@ -332,6 +348,7 @@ pub struct Metrics {
     pub connections_accepted: Counter,
     connections_refused: Family<ReasonLabels, Counter>,
     connections_timed_out: Family<ReasonLabels, Counter>,
+    streams_reset: Family<ReasonLabels, Counter>,
     /// DispatchEvent payloads that were not JSON.
     pub events_unparsable: Counter,
     /// Spans handed to the exporter and accepted by the collector.
@@ -429,7 +446,7 @@ impl Metrics {
         let connections_timed_out = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "connections_timed_out",
-            "gRPC connections closed for not finishing their handshake, making no call or their replies making no progress in time",
+            "gRPC connections closed for not finishing their handshake or making no call in time, by reason",
             connections_timed_out.clone(),
         );
         for reason in [RefusedBy::MaxConnections, RefusedBy::AdminMaxConnections] {
@@ -437,8 +454,19 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
-        for reason in [TimedOut::Handshake, TimedOut::Idle, TimedOut::ReplyProgress] {
+        for reason in [TimedOut::Handshake, TimedOut::Idle] {
             let _ = connections_timed_out.get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            });
+        }
+        let streams_reset = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "streams_reset",
+            "Dispatcher calls whose stream was reset because its request or its reply made no progress in time, by reason",
+            streams_reset.clone(),
+        );
+        for reason in [StreamReset::RequestProgress, StreamReset::ReplyProgress] {
+            let _ = streams_reset.get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
             });
         }
@@ -532,6 +560,7 @@ impl Metrics {
             connections_accepted,
             connections_refused,
             connections_timed_out,
+            streams_reset,
             events_unparsable,
             spans_exported,
             spans_dropped,
@@ -663,6 +692,15 @@ impl Metrics {
     /// The counter of gRPC connections closed for `reason`.
     pub fn connections_timed_out(&self, reason: TimedOut) -> Counter {
         self.connections_timed_out
+            .get_or_create(&ReasonLabels {
+                reason: reason.as_str(),
+            })
+            .clone()
+    }
+
+    /// The counter of streams reset for `reason`.
+    pub fn streams_reset(&self, reason: StreamReset) -> Counter {
+        self.streams_reset
             .get_or_create(&ReasonLabels {
                 reason: reason.as_str(),
             })

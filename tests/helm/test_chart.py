@@ -320,9 +320,25 @@ def test_worker_threads_follow_the_cpu_limit():
     assert "worker_threads" not in dispatcher_toml(objects(render({"resources": {"limits": None}})))
 
 
+def test_the_in_flight_budget_fills_the_memory_limit_less_the_overhead():
+    def budget(values):
+        lines = [l for l in dispatcher_toml(objects(render(values))).splitlines()
+                 if l.startswith("max_in_flight_bytes = ")]
+        return int(lines[0].split("=")[1]) if lines else None
+
+    mib = 1 << 20
+    assert budget({}) == 384 * mib - 64 * mib  # limits.memory 384Mi
+    assert budget({"resources": {"limits": {"cpu": "2", "memory": "1Gi"}}}) == 960 * mib
+    # Set by the user: kept as it is (and checked against the limit).
+    assert budget({"config": {"max_in_flight_bytes": 256 * mib}}) == 256 * mib
+    # No memory limit: the dispatcher's own default.
+    assert budget({"resources": {"limits": None}}) is None
+
+
 @pytest.mark.parametrize("values, message", [
     ({"workerThreads": 4}, "exceeds resources.limits.cpu"),
-    ({"resources": {"limits": {"cpu": "1", "memory": "256Mi"}}}, "in-flight budget"),
+    ({"resources": {"limits": {"cpu": "1", "memory": "160Mi"}}}, "below twice the largest message"),
+    ({"config": {"max_in_flight_bytes": 402653184}}, "is below the in-flight budget"),
     ({"config": {"drain_delay_secs": 20}}, "shorter than the gateway's graceful shutdown"),
     ({"tyk": {"gracefulShutdown": {"delaySeconds": 30, "timeoutSeconds": 30}}}, "shorter than the gateway's graceful shutdown"),
     ({"coprocess": {"grpcServer": "tcp://10.0.0.1:50051"}}, "sidecar mode"),

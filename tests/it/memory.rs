@@ -75,18 +75,59 @@ fn vm_rss_bytes(pid: u32) -> usize {
 }
 
 const MIB: usize = 1 << 20;
-/// The flood's budget.
-const FLOOD_BUDGET: usize = 32 * MIB;
 /// What the process may hold beyond the budget: the runtime, allocator slack, HTTP/2 windows of
-/// 128 streams and the buffer tonic decodes into (measured: about 30 MiB past the budget).
-const FLOOD_OVERHEAD: usize = 48 * MIB;
-/// Past this the old behaviour is plain and the flood stops, to spare the machine.
-const FLOOD_ABORT_RSS: usize = 400 * MIB;
+/// 128 streams, the buffer tonic decodes into, and an object log line (measured: 30-40 MiB past
+/// the budget; README, *Bounds*).
+const FLOOD_OVERHEAD: usize = 64 * MIB;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
-    let budget = FLOOD_BUDGET.to_string();
-    let max_recv = (9 * MIB).to_string();
+/// One flood: 8 connections x 16 streams, each a message of `message_bytes` sent slowly.
+#[derive(Debug, Clone, Copy)]
+struct Flood {
+    message_bytes: usize,
+    /// Through a Pre hook whose step decodes the whole Object (and a body string to copy).
+    decoding_hook: bool,
+    log_objects: bool,
+}
+
+impl Flood {
+    /// The budget: room for two messages, so most of the 128 are refused at once.
+    fn budget(self) -> usize {
+        2 * self.max_recv()
+    }
+
+    fn max_recv(self) -> usize {
+        self.message_bytes + MIB
+    }
+
+    /// The message: the seed's Object with a body of about `message_bytes`, half of it as the
+    /// `body` string and half as `raw_body` when a hook decodes it (so decoding copies).
+    fn message(self) -> Bytes {
+        let mut object = seed_object();
+        let overhead = object.encoded_len() + 16;
+        let body_len = self.message_bytes - overhead;
+        let request = object.request.as_mut().expect("request");
+        if self.decoding_hook {
+            request.body = "a".repeat(body_len / 2);
+            request.raw_body = vec![0xab; body_len - body_len / 2].into();
+        } else {
+            request.raw_body = vec![0xab; body_len].into();
+        }
+        object.encode_to_vec().into()
+    }
+}
+
+async fn flood(case: Flood) {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("dispatcher.toml");
+    let hooks = if case.decoding_hook {
+        "[[hooks]]\nname = \"MyPreCustomPluginForBasicAuth\"\ntype = \"Pre\"\n\
+         [[hooks.steps]]\nkind = \"log\"\n"
+    } else {
+        ""
+    };
+    std::fs::write(&config, hooks).unwrap();
+    let (budget, max_recv) = (case.budget().to_string(), case.max_recv().to_string());
+    let log_objects = case.log_objects.to_string();
     let process = Process::start(
         &[
             ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0"),
@@ -94,14 +135,18 @@ async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
             ("TYK_DISPATCHER_MAX_RECV_BYTES", &max_recv),
             ("TYK_DISPATCHER_MAX_REPLY_BYTES", &max_recv),
             ("TYK_DISPATCHER_LOG_CALLS", "false"),
+            ("TYK_DISPATCHER_LOG_OBJECTS", &log_objects),
             ("TYK_DISPATCHER_WORKER_THREADS", "2"),
         ],
-        &[],
+        &["--config", config.to_str().unwrap()],
     );
     let (grpc, _admin) = process.ready().await;
     let addr: SocketAddr = grpc[0].parse().unwrap();
     let pid = process.child.id();
-    let message = object_of(8 * MIB);
+    let message = case.message();
+    let chunk = case.message_bytes / 8;
+    // Past this the old behaviour is plain and the flood stops, to spare the machine.
+    let abort_rss = 3 * (case.budget() + FLOOD_OVERHEAD);
     let peak = Arc::new(AtomicUsize::new(vm_rss_bytes(pid)));
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = tokio::spawn({
@@ -110,7 +155,7 @@ async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
             loop {
                 let rss = vm_rss_bytes(pid);
                 peak.fetch_max(rss, Ordering::Relaxed);
-                if rss > FLOOD_ABORT_RSS {
+                if rss > abort_rss {
                     stop.store(true, Ordering::Relaxed);
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -142,10 +187,10 @@ async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
                     refused.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
-                // Accepted: the rest, slowly, a MiB at a time.
+                // Accepted: the rest, slowly, an eighth at a time.
                 let mut sent = 16 * 1024;
                 while sent < message.len() && !stop.load(Ordering::Relaxed) {
-                    let end = (sent + MIB).min(message.len());
+                    let end = (sent + chunk).min(message.len());
                     body.send_data(message.slice(sent..end), end == message.len())
                         .unwrap();
                     sent = end;
@@ -161,12 +206,7 @@ async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
                     return;
                 }
                 let mut reply = answer.into_body();
-                let mut received = 0;
-                while let Some(chunk) = reply.data().await {
-                    let chunk = chunk.unwrap();
-                    received += chunk.len();
-                    let _ = reply.flow_control().release_capacity(chunk.len());
-                }
+                let received = read_to_end(&mut reply).await.unwrap();
                 assert_eq!(received, message.len() + 5);
                 served.fetch_add(1, Ordering::Relaxed);
             }));
@@ -183,22 +223,46 @@ async fn a_flood_of_large_slow_messages_is_refused_before_it_is_buffered() {
         late.load(Ordering::Relaxed),
     );
     eprintln!(
-        "flood: peak VmRSS {} MiB, {refused} refused at once, {late} refused once buffered, {served} served",
-        peak / MIB
+        "flood {case:?}: peak VmRSS {} MiB (budget {} MiB), {refused} refused at once, {late} refused once buffered, {served} served",
+        peak / MIB,
+        case.budget() / MIB
     );
     assert!(
         !stop.load(Ordering::Relaxed),
         "VmRSS passed {} MiB",
-        FLOOD_ABORT_RSS / MIB
+        abort_rss / MIB
     );
     assert!(refused >= 100, "{refused} of 128 refused at once");
     assert_eq!(late, 0, "none refused after its body was read");
     assert!(served >= 1, "some calls were served: {served}");
     assert!(
-        peak < FLOOD_BUDGET + FLOOD_OVERHEAD,
-        "peak VmRSS {} MiB",
-        peak / MIB
+        peak < case.budget() + FLOOD_OVERHEAD,
+        "peak VmRSS {} MiB over the budget of {} MiB + {} MiB",
+        peak / MIB,
+        case.budget() / MIB,
+        FLOOD_OVERHEAD / MIB
     );
+}
+
+/// A flood test for each message size, with and without a decoding hook and object logs.
+macro_rules! floods {
+    ($($name:ident: $mib:expr, $hook:expr, $log:expr;)*) => {$(
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $name() {
+            flood(Flood { message_bytes: $mib * MIB, decoding_hook: $hook, log_objects: $log }).await;
+        }
+    )*};
+}
+
+floods! {
+    a_flood_of_8_mib_messages_is_refused_before_it_is_buffered: 8, false, false;
+    a_flood_of_8_mib_messages_with_object_logs_stays_in_budget: 8, false, true;
+    a_flood_of_8_mib_messages_through_a_decoding_hook_stays_in_budget: 8, true, false;
+    a_flood_of_8_mib_messages_through_a_hook_with_object_logs_stays_in_budget: 8, true, true;
+    a_flood_of_64_mib_messages_is_refused_before_it_is_buffered: 64, false, false;
+    a_flood_of_64_mib_messages_with_object_logs_stays_in_budget: 64, false, true;
+    a_flood_of_64_mib_messages_through_a_decoding_hook_stays_in_budget: 64, true, false;
+    a_flood_of_64_mib_messages_through_a_hook_with_object_logs_stays_in_budget: 64, true, true;
 }
 
 #[tokio::test]
@@ -244,6 +308,11 @@ async fn a_stalled_request_is_charged_then_cut_and_its_share_returned() {
     // The share came back: the large call fits now.
     let reply = call_raw(channel, DISPATCH, message.to_vec()).await.unwrap();
     assert_eq!(reply.len(), message.len());
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert!(
+        metrics.contains("tyk_dispatcher_streams_reset_total{reason=\"request_progress\"} 1"),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
 
@@ -266,7 +335,7 @@ async fn small_calls_until(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_reads_its_replies_is_cut_and_cannot_starve_others() {
+async fn replies_a_client_never_reads_are_reset_and_cannot_starve_others() {
     let app = spawn_app(config_with(|c| {
         c.max_recv_bytes = MIB;
         c.max_in_flight_bytes = Some(4 * MIB);
@@ -308,18 +377,11 @@ async fn a_client_that_never_reads_its_replies_is_cut_and_cannot_starve_others()
     // Held to half the budget while the other connection calls too.
     assert_eq!((replies.len(), refused), (2, 2));
     for mut reply in replies {
-        let cut = tokio::time::timeout(Duration::from_secs(6), async {
-            loop {
-                match reply.data().await {
-                    Some(Ok(_)) => {}
-                    Some(Err(err)) => break Some(err),
-                    None => break None,
-                }
-            }
-        })
-        .await
-        .expect("the reply ends");
-        assert!(cut.is_some(), "the stalled reply was cut, not finished");
+        let cut = tokio::time::timeout(Duration::from_secs(6), read_holding_window(&mut reply))
+            .await
+            .expect("the reply ends");
+        let err = cut.expect_err("the stalled reply was cut, not finished");
+        assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
     }
     let took = started.elapsed();
     assert!(
@@ -330,15 +392,96 @@ async fn a_client_that_never_reads_its_replies_is_cut_and_cannot_starve_others()
     assert!(calls >= 20, "{calls} small calls");
     let (_, metrics) = http_get(app.admin, "/metrics").await;
     assert!(
-        metrics.contains("tyk_dispatcher_connections_timed_out_total{reason=\"reply_progress\"} 1"),
+        metrics.contains("tyk_dispatcher_streams_reset_total{reason=\"reply_progress\"} 2"),
         "{metrics}"
     );
-    // The hog's shares came back and it no longer counts: the other connection, alone again,
-    // may hold the whole budget.
+    // Only the streams were reset: the hog's connection still answers a call that fits its
+    // window.
+    {
+        let tiny = object_of(1000);
+        let mut send = hog.clone().ready().await.unwrap();
+        let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+        body.send_data(prefix(tiny.len()), false).unwrap();
+        body.send_data(tiny.clone(), true).unwrap();
+        let mut reply = response.await.unwrap().into_body();
+        let got = read_to_end(&mut reply).await.expect("a whole reply");
+        assert_eq!(got, tiny.len() + 5);
+    }
+    // Once the hog hangs up it no longer counts: the other connection, alone again, may hold
+    // the whole budget.
+    drop(hog);
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let calls = (0..4).map(|_| call_raw(others.clone(), DISPATCH, large.to_vec()));
     for result in futures_util::future::join_all(calls).await {
         assert_eq!(result.unwrap().len(), large.len());
     }
+    app.shutdown().await;
+}
+
+/// Reads what `body` can send without releasing any window: its end, or the stream's error.
+async fn read_holding_window(body: &mut h2::RecvStream) -> Result<usize, h2::Error> {
+    let mut received = 0;
+    while let Some(chunk) = body.data().await {
+        received += chunk?.len();
+    }
+    Ok(received)
+}
+
+/// Reads `body` to its end, releasing window as it goes; the bytes read, or the stream's error.
+async fn read_to_end(body: &mut h2::RecvStream) -> Result<usize, h2::Error> {
+    let mut received = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        received += chunk.len();
+        body.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    Ok(received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reply_is_reset_alone_while_its_connection_moves_on() {
+    let app = spawn_app(config_with(|c| {
+        c.max_reply_bytes = Some(2 * MIB);
+        c.reply_progress_timeout_secs = 2;
+    }))
+    .await;
+    let message = object_of(MIB);
+    let conn = h2_connect(app.addr(), Some(16 * 1024)).await;
+    let mut bodies = Vec::new();
+    for _ in 0..2 {
+        let mut send = conn.clone().ready().await.unwrap();
+        let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+        body.send_data(prefix(message.len()), false).unwrap();
+        body.send_data(message.clone(), true).unwrap();
+        bodies.push(response.await.unwrap().into_body());
+    }
+    let mut moving = bodies.pop().unwrap();
+    let mut stalled = bodies.pop().unwrap();
+    let started = Instant::now();
+    // One stream read slowly (16 KiB every 50 ms: over 3 s in all), the other never.
+    let mut received = 0;
+    while let Some(chunk) = moving.data().await {
+        let chunk = chunk.expect("the moving reply is not cut");
+        received += chunk.len();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        moving.flow_control().release_capacity(chunk.len()).unwrap();
+    }
+    assert_eq!(received, message.len() + 5);
+    assert!(started.elapsed() > Duration::from_secs(2));
+    let err = tokio::time::timeout(Duration::from_secs(3), read_holding_window(&mut stalled))
+        .await
+        .expect("the stalled reply ends")
+        .expect_err("reset");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert!(
+        metrics.contains("tyk_dispatcher_streams_reset_total{reason=\"reply_progress\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tyk_dispatcher_connections 1\n"),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
 

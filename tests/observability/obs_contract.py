@@ -40,7 +40,8 @@ AUTH_DECISIONS = {"allowed", "denied"}
 FAILURE_REASONS = {"deadline", "panic", "error"}
 RELOAD_RESULTS = {"success", "failure"}
 REFUSAL_REASONS = {"max_connections", "admin_max_connections"}
-TIMEOUT_REASONS = {"handshake", "idle", "reply_progress"}
+TIMEOUT_REASONS = {"handshake", "idle"}
+RESET_REASONS = {"request_progress", "reply_progress"}
 
 FAMILIES: list[Family] = [
     _f("tyk_dispatcher_dispatch_requests", "counter", "hook_type", "hook_name", "outcome"),
@@ -59,6 +60,8 @@ FAMILIES: list[Family] = [
     # Connection hygiene: refused over a connection cap, cut for a missed handshake or idle deadline.
     _f("tyk_dispatcher_connections_refused", "counter", "reason"),
     _f("tyk_dispatcher_connections_timed_out", "counter", "reason"),
+    # A call's stream reset because its request or reply stopped moving.
+    _f("tyk_dispatcher_streams_reset", "counter", "reason"),
     _f("tyk_dispatcher_reply_body_strings_dropped", "counter"),
     _f("tyk_dispatcher_replies_over_gateway_default_limit", "counter"),
     # Hook pipelines. `step` is the step's kind (two steps of one kind in a hook share series);
@@ -87,6 +90,7 @@ LABEL_VALUES: dict[str, dict[str, set[str]]] = {
     "tyk_dispatcher_config_reloads": {"result": RELOAD_RESULTS},
     "tyk_dispatcher_connections_refused": {"reason": REFUSAL_REASONS},
     "tyk_dispatcher_connections_timed_out": {"reason": TIMEOUT_REASONS},
+    "tyk_dispatcher_streams_reset": {"reason": RESET_REASONS},
 }
 
 # Equivalent declarations an exposition may use instead (same series in Prometheus).
@@ -108,6 +112,8 @@ ALERT_NAMES = {
     "TykDispatcherDown",
     "TykDispatcherSpansDropped",
     "TykDispatcherRequestsRejected",
+    "TykDispatcherConnectionsRefused",
+    "TykDispatcherStreamsReset",
     "TykDispatcherHookFailures",
     "TykDispatcherConfigReloadFailed",
 }
@@ -125,6 +131,7 @@ DASHBOARD_REQUIRED_SERIES = {
     "tyk_dispatcher_connections",
     "tyk_dispatcher_connections_refused_total",
     "tyk_dispatcher_connections_timed_out_total",
+    "tyk_dispatcher_streams_reset_total",
     "tyk_dispatcher_rejected_calls_total",
     "tyk_dispatcher_spans_exported_total",
     "tyk_dispatcher_spans_dropped_total",

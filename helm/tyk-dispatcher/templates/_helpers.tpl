@@ -176,6 +176,12 @@ config, then what the chart owns. */}}
 {{- range $key, $value := .Values.config }}
 {{- $_ := set $cfg $key $value }}
 {{- end }}
+{{- /* The in-flight budget fills the memory limit less the overhead the flood tests measure
+(the runtime, allocator slack, unread HTTP/2 frames: at most 64 MiB), unless set. */}}
+{{- $limits := (.Values.resources | default dict).limits | default dict }}
+{{- if and $limits.memory (not (hasKey $cfg "max_in_flight_bytes")) }}
+{{- $_ := set $cfg "max_in_flight_bytes" (sub (include "tyk-dispatcher.bytes" $limits.memory | int64) 67108864) }}
+{{- end }}
 {{- $_ := set $cfg "admin_listen" (printf "[::]:%d" (int .Values.admin.port)) }}
 {{- with include "tyk-dispatcher.workerThreads" . }}
 {{- $_ := set $cfg "worker_threads" (int .) }}
@@ -329,10 +335,13 @@ gateway's graceful shutdown, plus our shutdown grace, plus 5 s. */}}
 {{- end }}
 {{- if $limits.memory }}
 {{- $recv := max (int64 (default 67108864 (get $settings "max_recv_bytes"))) (int64 .Values.coprocess.grpcSendMaxSize) }}
-{{- $budget := int64 (default (max 268435456 (mul 4 $recv)) (get $settings "max_in_flight_bytes")) }}
+{{- $budget := int64 (get $settings "max_in_flight_bytes") }}
 {{- $needed := add $budget 67108864 }}
 {{- if lt (include "tyk-dispatcher.bytes" $limits.memory | int64) $needed }}
 {{- fail (printf "resources.limits.memory (%v) is below the in-flight budget (%d bytes, config.max_in_flight_bytes) plus 64 MiB: the dispatcher could be OOM-killed under load; raise the limit to at least %dMi or lower max_in_flight_bytes" $limits.memory $budget (div (add $needed 1048575) 1048576)) }}
+{{- end }}
+{{- if lt $budget (mul 2 $recv) }}
+{{- fail (printf "resources.limits.memory (%v) leaves an in-flight budget of %d bytes (the limit less 64 MiB, or config.max_in_flight_bytes), below twice the largest message (%d bytes, max_recv_bytes or coprocess.grpcSendMaxSize): a largest message through a hook could never be served; raise the limit to at least %dMi" $limits.memory $budget $recv (div (add (add (mul 2 $recv) 67108864) 1048575) 1048576)) }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -512,6 +512,16 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("unknown field `header`"), "{err}");
+        // A bad value names the setting it is in.
+        let err = SetHeaders::build(&step_config(
+            "set_headers",
+            serde_json::json!({"headers": {"X-Id": 7}}),
+        ))
+        .unwrap_err();
+        assert!(
+            err.starts_with("headers.X-Id: invalid type: integer `7`"),
+            "{err}"
+        );
     }
 
     fn header(key: &str, values: &[&str]) -> pb::Header {

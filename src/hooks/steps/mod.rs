@@ -122,10 +122,18 @@ pub struct StepRegistry {
 /// Parses a step's settings into its own type (unknown settings are refused).
 ///
 /// # Errors
-/// serde's message, naming the setting.
+/// serde's message, after the path of the setting it is about (`headers.X-Id: invalid type:
+/// …`) when it is about one.
 pub fn settings<T: DeserializeOwned>(config: &StepConfig) -> Result<T, String> {
-    serde_json::from_value(serde_json::Value::Object(config.settings.clone()))
-        .map_err(|err| err.to_string())
+    let value = serde_json::Value::Object(config.settings.clone());
+    serde_path_to_error::deserialize(value).map_err(|err| {
+        let path = err.path().to_string();
+        if path == "." {
+            err.into_inner().to_string()
+        } else {
+            format!("{path}: {}", err.into_inner())
+        }
+    })
 }
 
 /// Sets `entries` through a request's edit map (`set_headers`, `add_params`), taking each name

@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# Memory returned after a burst of large calls, and CPU per call, under three allocators:
+#   system   glibc malloc as it comes (the default build)
+#   tuned    the same binary with glibc tuned by environment: a fixed mmap threshold (so large
+#            buffers are always mmapped and unmapped on free), a trim threshold and two arenas
+#   mimalloc the binary built with `--features mimalloc`
+#
+#   bench/allocator.sh          # needs cargo, python3, taskset, curl
+#
+# Each round, for each allocator in turn (the order rotates between rounds): start the server
+# (default config, max_in_flight_bytes 384 MiB) on CPU $SERVER_CPU, read VmRSS after
+# $IDLE_SECS s idle; send a burst of 16 concurrent Dispatch calls of 20 MiB each on one
+# connection; read VmRSS $AFTER_SECS s later; then measure CPU per call of the seed payload
+# (16 connections x 8 streams, 2 s warm-up + $DURATION_SECS s) with the load generator on
+# CPU $LOADGEN_CPU. Prints the medians over $ROUNDS rounds and writes target/bench/allocator.json.
+#
+# Settings (env): ROUNDS=5 IDLE_SECS=10 AFTER_SECS=30 DURATION_SECS=5 SERVER_CPU=0 LOADGEN_CPU=1
+# SKIP_BUILD=1 uses the binaries already built.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+ROUNDS="${ROUNDS:-5}"
+IDLE_SECS="${IDLE_SECS:-10}"
+AFTER_SECS="${AFTER_SECS:-30}"
+DURATION_SECS="${DURATION_SECS:-5}"
+SERVER_CPU="${SERVER_CPU:-0}"
+LOADGEN_CPU="${LOADGEN_CPU:-1}"
+WAIT_IDLE_SECS="${WAIT_IDLE_SECS:-30}"
+
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+OUT="$TARGET_DIR/bench/allocator"
+SYSTEM_BIN="$TARGET_DIR/release/tyk-dispatcher"
+MIMALLOC_DIR="$TARGET_DIR/mimalloc"
+MIMALLOC_BIN="$MIMALLOC_DIR/release/tyk-dispatcher"
+LOADGEN="$TARGET_DIR/release/examples/loadgen"
+mkdir -p "$OUT"
+
+log() { printf 'allocator: %s\n' "$*" >&2; }
+die() { log "$*"; exit 2; }
+
+if [ -z "${SKIP_BUILD:-}" ]; then
+    log "building the system-allocator binary, the load generator and the mimalloc binary"
+    timeout 1800 cargo build --release --locked --bin tyk-dispatcher --example loadgen >&2
+    CARGO_TARGET_DIR="$MIMALLOC_DIR" timeout 1800 \
+        cargo build --release --locked --bin tyk-dispatcher --features mimalloc >&2
+fi
+for bin in "$SYSTEM_BIN" "$MIMALLOC_BIN" "$LOADGEN"; do
+    [ -x "$bin" ] || die "missing $bin"
+done
+
+# The 20 MiB payload: the seed Object's fields plus a 20 MiB raw_body (field 14 of request).
+PAYLOAD="$OUT/burst.bin"
+"$LOADGEN" --dump-payload "$OUT/seed.bin"
+python3 - "$OUT/seed.bin" "$PAYLOAD" <<'EOF'
+import sys
+
+def varint(n):
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+def fields(buf):
+    i = 0
+    while i < len(buf):
+        start = i
+        key = 0; shift = 0
+        while True:
+            b = buf[i]; i += 1
+            key |= (b & 0x7F) << shift; shift += 7
+            if b < 0x80:
+                break
+        wire = key & 7
+        if wire == 0:
+            while buf[i] & 0x80:
+                i += 1
+            i += 1
+        elif wire == 2:
+            n = 0; shift = 0
+            while True:
+                b = buf[i]; i += 1
+                n |= (b & 0x7F) << shift; shift += 7
+                if b < 0x80:
+                    break
+            i += n
+        else:
+            raise SystemExit(f"unexpected wire type {wire}")
+        yield key >> 3, buf[start:i]
+
+seed = open(sys.argv[1], "rb").read()
+body = b"\xab" * (20 << 20)
+out = bytearray()
+for number, raw in fields(seed):
+    if number == 3:
+        header_len = len(varint((3 << 3) | 2))
+        # The request's own bytes, then raw_body appended (the seed has none).
+        rest = raw[header_len:]
+        n = 0; shift = 0; j = 0
+        while True:
+            b = rest[j]; j += 1
+            n |= (b & 0x7F) << shift; shift += 7
+            if b < 0x80:
+                break
+        request = bytes(rest[j:j + n]) + varint((14 << 3) | 2) + varint(len(body)) + body
+        out += varint((3 << 3) | 2) + varint(len(request)) + request
+    else:
+        out += raw
+open(sys.argv[2], "wb").write(out)
+EOF
+
+PIDS=()
+stop_pid() {
+    local pid="$1"
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
+# One measurement of allocator $1 in round $2: result in $OUT/$1-$2.json.
+measure() {
+    local name="$1" round="$2" bin="$SYSTEM_BIN" port admin pid idle after
+    local -a tuning=()
+    case "$name" in
+        tuned) tuning=(MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072 MALLOC_ARENA_MAX=2) ;;
+        mimalloc) bin="$MIMALLOC_BIN" ;;
+    esac
+    port="$(free_port)"
+    admin="$(free_port)"
+    env -i PATH="$PATH" "${tuning[@]}" \
+        TYK_DISPATCHER_LISTEN="127.0.0.1:$port" TYK_DISPATCHER_ADMIN_LISTEN="127.0.0.1:$admin" \
+        TYK_DISPATCHER_MAX_IN_FLIGHT_BYTES=$((384 << 20)) \
+        taskset -c "$SERVER_CPU" "$bin" >"$OUT/$name-$round.log" 2>&1 &
+    pid=$!
+    PIDS+=("$pid")
+    for _ in $(seq 300); do
+        curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$admin/readyz" 2>/dev/null && break
+        kill -0 "$pid" 2>/dev/null || die "$name exited: $(tail -n 5 "$OUT/$name-$round.log")"
+        sleep 0.1
+    done
+    sleep "$IDLE_SECS"
+    idle="$(rss_kib "$pid")"
+    # 16 slots, each sending one 20 MiB call (the window closes before any second one).
+    taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "http://127.0.0.1:$port" --payload "$PAYLOAD" \
+        --connections 1 --streams 16 --warmup-secs 0 --duration-secs 0.01 --grace-secs 60 \
+        --json >"$OUT/$name-$round-burst.json" || die "$name: the burst failed: $(cat "$OUT/$name-$round-burst.json")"
+    sleep "$AFTER_SECS"
+    after="$(rss_kib "$pid")"
+    taskset -c "$LOADGEN_CPU" "$LOADGEN" --target "http://127.0.0.1:$port" \
+        --connections 16 --streams 8 --warmup-secs 2 --duration-secs "$DURATION_SECS" \
+        --server-pid "$pid" --label "$name" --json >"$OUT/$name-$round-load.json" \
+        || die "$name: the load run failed"
+    stop_pid "$pid"
+    python3 - "$OUT/$name-$round-load.json" "$idle" "$after" >"$OUT/$name-$round.json" <<'EOF'
+import json, sys
+load = json.load(open(sys.argv[1]))
+print(json.dumps({
+    "idle_rss_mib": int(sys.argv[2]) / 1024,
+    "after_burst_rss_mib": int(sys.argv[3]) / 1024,
+    "cpu_us_per_call": load.get("server_cpu_us_per_call"),
+    "calls_per_sec": load["throughput"],
+    "other_cpu_util": load.get("other_cpu_util"),
+}))
+EOF
+    log "round $round $name: $(cat "$OUT/$name-$round.json")"
+}
+
+source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
+NAMES=(system tuned mimalloc)
+for round in $(seq "$ROUNDS"); do
+    wait_idle
+    for i in 0 1 2; do
+        measure "${NAMES[$(((i + round) % 3))]}" "$round"
+    done
+done
+
+python3 - "$OUT" "$ROUNDS" <<'EOF'
+import json, os, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+names = ("system", "tuned", "mimalloc")
+results = {}
+for name in names:
+    runs = [json.load(open(os.path.join(out, f"{name}-{r}.json"))) for r in range(1, rounds + 1)]
+    results[name] = {key: statistics.median(run[key] for run in runs)
+                     for key in ("idle_rss_mib", "after_burst_rss_mib", "cpu_us_per_call", "calls_per_sec")}
+base_cpu = results["system"]["cpu_us_per_call"]
+print(f"\n{'allocator':<10} {'idle MiB':>9} {'after burst MiB':>16} {'after/idle':>11} {'CPU µs/call':>12} {'vs system':>10} {'calls/s':>9}")
+for name, r in results.items():
+    r["after_over_idle"] = r["after_burst_rss_mib"] / r["idle_rss_mib"]
+    r["cpu_vs_system"] = r["cpu_us_per_call"] / base_cpu
+    print(f"{name:<10} {r['idle_rss_mib']:>9.1f} {r['after_burst_rss_mib']:>16.1f} {r['after_over_idle']:>10.2f}x"
+          f" {r['cpu_us_per_call']:>12.1f} {r['cpu_vs_system']:>9.3f}x {r['calls_per_sec']:>9.0f}")
+print(f"\nmedians of {rounds} interleaved rounds; goal: after/idle <= 2x with CPU within 3% of system")
+json.dump(results, open(os.path.join(out, "..", "allocator.json"), "w"), indent=2)
+EOF
