@@ -31,20 +31,22 @@ WAIT_IDLE_SECS="${WAIT_IDLE_SECS:-30}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$TARGET_DIR/bench/allocator"
-SYSTEM_BIN="$TARGET_DIR/release/tyk-dispatcher"
-MIMALLOC_DIR="$TARGET_DIR/mimalloc"
-MIMALLOC_BIN="$MIMALLOC_DIR/release/tyk-dispatcher"
+SYSTEM_BIN="$OUT/tyk-dispatcher-system"
+MIMALLOC_BIN="$OUT/tyk-dispatcher-mimalloc"
 LOADGEN="$TARGET_DIR/release/examples/loadgen"
 mkdir -p "$OUT"
 
 log() { printf 'allocator: %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
 
+# Both binaries from one target directory (only this crate is rebuilt between them), copied
+# out; the system build is built last, so target/release holds the default binary again.
 if [ -z "${SKIP_BUILD:-}" ]; then
-    log "building the system-allocator binary, the load generator and the mimalloc binary"
+    log "building the mimalloc binary, then the system-allocator binary and the load generator"
+    timeout 1800 cargo build --release --locked --bin tyk-dispatcher --features mimalloc >&2
+    cp "$TARGET_DIR/release/tyk-dispatcher" "$MIMALLOC_BIN"
     timeout 1800 cargo build --release --locked --bin tyk-dispatcher --example loadgen >&2
-    CARGO_TARGET_DIR="$MIMALLOC_DIR" timeout 1800 \
-        cargo build --release --locked --bin tyk-dispatcher --features mimalloc >&2
+    cp "$TARGET_DIR/release/tyk-dispatcher" "$SYSTEM_BIN"
 fi
 for bin in "$SYSTEM_BIN" "$MIMALLOC_BIN" "$LOADGEN"; do
     [ -x "$bin" ] || die "missing $bin"

@@ -259,6 +259,155 @@ async fn with_few_file_descriptors_probes_still_answer_and_calls_are_served() {
     );
 }
 
+/// One HTTP/2 frame as read: its type, stream and payload.
+#[derive(Debug)]
+struct Frame {
+    kind: u8,
+    stream: u32,
+    payload: Vec<u8>,
+}
+
+/// Reads frames from `stream` until `stop` picks one (returned), the connection closes
+/// (`None`) or `limit` passes (a panic).
+async fn read_frames_until<T>(
+    stream: &mut TcpStream,
+    limit: Duration,
+    mut stop: impl FnMut(&Frame) -> Option<T>,
+) -> Option<T> {
+    tokio::time::timeout(limit, async {
+        let mut received = Vec::new();
+        let mut buf = [0u8; 16384];
+        loop {
+            while received.len() >= 9 {
+                let len = (usize::from(received[0]) << 16)
+                    | (usize::from(received[1]) << 8)
+                    | usize::from(received[2]);
+                if received.len() < 9 + len {
+                    break;
+                }
+                let frame = Frame {
+                    kind: received[3],
+                    stream: u32::from_be_bytes(received[5..9].try_into().unwrap()) & 0x7fff_ffff,
+                    payload: received[9..9 + len].to_vec(),
+                };
+                received.drain(..9 + len);
+                if let Some(found) = stop(&frame) {
+                    return Some(found);
+                }
+            }
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await
+    .expect("an answer in time")
+}
+
+/// The error code of the GOAWAY the server sends on `stream`, if it sends one.
+async fn goaway_code(stream: &mut TcpStream) -> Option<u32> {
+    read_frames_until(stream, Duration::from_secs(5), |frame| {
+        (frame.kind == 0x7).then(|| u32::from_be_bytes(frame.payload[4..8].try_into().unwrap()))
+    })
+    .await
+}
+
+/// The server still serves a Dispatch call on a fresh connection.
+async fn still_serves(app: &TestApp) {
+    let request = seed_object().encode_to_vec();
+    let reply = call_raw(app.channel().await, DISPATCH, request.clone())
+        .await
+        .unwrap();
+    assert_eq!(reply.as_ref(), request.as_slice());
+}
+
+/// A Dispatch request's header block (HPACK): POST, http, the path, then `extra`.
+fn dispatch_headers(extra: &[u8]) -> Vec<u8> {
+    let path = b"/coprocess.Dispatcher/Dispatch";
+    // :method POST and :scheme http from the static table; :path as a literal with an indexed
+    // name (index 4), without indexing.
+    let mut block = vec![0x83, 0x86, 0x04, u8::try_from(path.len()).unwrap()];
+    block.extend_from_slice(path);
+    block.extend_from_slice(extra);
+    block
+}
+
+/// The `:status` of a response header block as h2 writes it: an indexed field for the common
+/// codes, else a literal with the indexed name `:status` (index 8), Huffman-coded or not.
+fn hpack_status(block: &[u8]) -> Option<u16> {
+    const INDEXED: [(u8, u16); 7] = [
+        (8, 200),
+        (9, 204),
+        (10, 206),
+        (11, 304),
+        (12, 400),
+        (13, 404),
+        (14, 500),
+    ];
+    let first = *block.first()?;
+    if first & 0x80 != 0 {
+        return INDEXED
+            .iter()
+            .find(|(i, _)| *i == first & 0x7f)
+            .map(|(_, s)| *s);
+    }
+    // Literal with incremental indexing (0x48) or without (0x08), name index 8.
+    if first != 0x48 && first != 0x08 {
+        return None;
+    }
+    let (huffman, len) = (block[1] & 0x80 != 0, usize::from(block[1] & 0x7f));
+    let value = &block[2..2 + len];
+    let digits = if huffman {
+        // Huffman codes of digits (RFC 7541, appendix B): '0'-'2' are the 5-bit 00000-00010,
+        // '3'-'9' the 6-bit 011001-011111; padding is all ones.
+        let mut bits = value
+            .iter()
+            .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1));
+        let mut out = String::new();
+        while out.len() < 3 {
+            let mut code = 0u8;
+            for _ in 0..5 {
+                code = (code << 1) | bits.next()?;
+            }
+            let digit = if code <= 0b00010 {
+                code
+            } else {
+                code = (code << 1) | bits.next()?;
+                code.checked_sub(0b011001)? + 3
+            };
+            out.push(char::from_digit(u32::from(digit), 10)?);
+        }
+        out
+    } else {
+        String::from_utf8(value.to_vec()).ok()?
+    };
+    digits.parse().ok()
+}
+
+/// A literal header field without indexing, new name (HPACK), for values of any length.
+fn literal_header(name: &[u8], value: &[u8]) -> Vec<u8> {
+    fn length(out: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            out.push(u8::try_from(n).unwrap());
+            return;
+        }
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push(u8::try_from(n % 128).unwrap() | 0x80);
+            n /= 128;
+        }
+        out.push(u8::try_from(n).unwrap());
+    }
+    let mut out = vec![0x00];
+    length(&mut out, name.len());
+    out.extend_from_slice(name);
+    length(&mut out, value.len());
+    out.extend_from_slice(value);
+    out
+}
+
 #[tokio::test]
 async fn rapid_reset_gets_goaway_enhance_your_calm_and_the_server_stays_responsive() {
     let app = spawn_app(config_with(|_| {})).await;
@@ -272,39 +421,128 @@ async fn rapid_reset_gets_goaway_enhance_your_calm_and_the_server_stays_responsi
         burst.extend(frame(0x3, 0, stream, &8u32.to_be_bytes()));
     }
     attacker.write_all(&burst).await.unwrap();
-    // Read frames until GOAWAY.
-    let mut received = Vec::new();
-    let goaway_code = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut buf = [0u8; 16384];
+    assert_eq!(
+        goaway_code(&mut attacker).await,
+        Some(0xb),
+        "ENHANCE_YOUR_CALM"
+    );
+    still_serves(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_continuation_flood_gets_goaway_enhance_your_calm() {
+    let app = spawn_app(config_with(|_| {})).await;
+    let mut attacker = TcpStream::connect(app.addr()).await.unwrap();
+    let mut burst = PREFACE.to_vec();
+    burst.extend(frame(0x4, 0, 0, &[]));
+    // A header block that never ends: HEADERS without END_HEADERS, then empty CONTINUATION
+    // frames, which cost the attacker 9 bytes each.
+    burst.extend(frame(0x1, 0x1, 1, &dispatch_headers(&[])));
+    for _ in 0..10_000 {
+        burst.extend(frame(0x9, 0, 1, &[]));
+    }
+    // The server may close before it has read it all.
+    let _ = attacker.write_all(&burst).await;
+    assert_eq!(
+        goaway_code(&mut attacker).await,
+        Some(0xb),
+        "ENHANCE_YOUR_CALM"
+    );
+    still_serves(&app).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_header_block_over_16_kib_is_refused_with_431_and_nothing_is_dispatched() {
+    let app = spawn_app(config_with(|_| {})).await;
+    let mut attacker = TcpStream::connect(app.addr()).await.unwrap();
+    let mut burst = PREFACE.to_vec();
+    burst.extend(frame(0x4, 0, 0, &[]));
+    // 36 KB of headers in three frames (within h2's CONTINUATION count, so the size limit
+    // itself answers): HEADERS, then two CONTINUATION frames, the last one ending the block.
+    let first = dispatch_headers(&literal_header(b"x-pad-0", &[b'a'; 12_000]));
+    burst.extend(frame(0x1, 0x1, 1, &first));
+    for i in 1..3 {
+        let flags = if i == 2 { 0x4 } else { 0 };
+        let name = format!("x-pad-{i}");
+        let block = literal_header(name.as_bytes(), &[b'a'; 12_000]);
+        burst.extend(frame(0x9, flags, 1, &block));
+    }
+    attacker.write_all(&burst).await.unwrap();
+    // h2 answers 431 (Request Header Fields Too Large) on stream 1 and resets it.
+    let answer = read_frames_until(&mut attacker, Duration::from_secs(5), |frame| {
+        (frame.stream == 1 && frame.kind == 0x1).then(|| frame.payload.clone())
+    })
+    .await
+    .expect("an answer on stream 1 before the connection closed");
+    let status = hpack_status(&answer);
+    assert_eq!(status, Some(431), "{answer:?}");
+    drop(attacker);
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert!(
+        !metrics.contains("tyk_dispatcher_dispatch_requests_total{"),
+        "nothing was dispatched: {metrics}"
+    );
+    still_serves(&app).await;
+    app.shutdown().await;
+}
+
+/// Writes `frame` to a connection that never reads, as fast as the socket takes it, for
+/// `during`; the bytes the server accepted in all.
+async fn flood_without_reading(
+    addr: std::net::SocketAddr,
+    flood: &[u8],
+    during: Duration,
+) -> usize {
+    let mut attacker = TcpStream::connect(addr).await.unwrap();
+    let mut start = PREFACE.to_vec();
+    start.extend(frame(0x4, 0, 0, &[]));
+    attacker.write_all(&start).await.unwrap();
+    let mut batch = Vec::new();
+    while batch.len() < 64 * 1024 {
+        batch.extend_from_slice(flood);
+    }
+    let mut written = 0;
+    let _ = tokio::time::timeout(during, async {
         loop {
-            let mut at = 0;
-            while received.len() >= at + 9 {
-                let len = (usize::from(received[at]) << 16)
-                    | (usize::from(received[at + 1]) << 8)
-                    | usize::from(received[at + 2]);
-                if received.len() < at + 9 + len {
-                    break;
-                }
-                if received[at + 3] == 0x7 {
-                    let payload = &received[at + 9..at + 9 + len];
-                    return u32::from_be_bytes(payload[4..8].try_into().unwrap());
-                }
-                at += 9 + len;
-            }
-            received.drain(..at);
-            match attacker.read(&mut buf).await {
-                Ok(0) | Err(_) => panic!("closed without GOAWAY"),
-                Ok(n) => received.extend_from_slice(&buf[..n]),
+            match attacker.write(&batch).await {
+                Ok(n) if n > 0 => written += n,
+                _ => break,
             }
         }
     })
-    .await
-    .expect("GOAWAY within 5 s");
-    assert_eq!(goaway_code, 0xb, "ENHANCE_YOUR_CALM");
-    let request = seed_object().encode_to_vec();
-    let reply = call_raw(app.channel().await, DISPATCH, request.clone())
-        .await
-        .unwrap();
-    assert_eq!(reply.as_ref(), request.as_slice());
+    .await;
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_and_settings_floods_from_a_client_that_never_reads_are_held_back() {
+    let app = spawn_app(config_with(|_| {})).await;
+    for (name, flood) in [
+        ("PING", frame(0x6, 0, 0, &[7; 8])),
+        // SETTINGS_ENABLE_PUSH = 0, acknowledged by the server each time.
+        ("SETTINGS", frame(0x4, 0, 0, &[0, 2, 0, 0, 0, 0])),
+    ] {
+        // Each frame asks for an answer; a client that never reads them stops the server
+        // reading once its answers fill the socket, so what the flood can push is bounded by
+        // the socket buffers, however long it tries, and other clients are served throughout.
+        let (written, ()) = tokio::join!(
+            flood_without_reading(app.addr(), &flood, Duration::from_secs(3)),
+            async {
+                for _ in 0..5 {
+                    still_serves(&app).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            }
+        );
+        let frames = written / flood.len();
+        eprintln!("{name} flood: {written} bytes ({frames} frames) taken in 3 s");
+        assert!(
+            written < 64 * 1024 * 1024,
+            "{name} flood: {written} bytes ({frames} frames) taken in 3 s without reading"
+        );
+    }
+    still_serves(&app).await;
     app.shutdown().await;
 }
