@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Builds the image from the Dockerfile, unmodified, with podman: on the local base images of
+# scripts/local-base-images.sh (made when missing or stale), never pulling (--pull=never); the
+# crates come from the registry into the Dockerfile's cache mounts. The revision label is the
+# git commit (with -dirty when the build context differs from it).
+#
+#   scripts/build-image.sh [TAG]        (default: tyk-dispatcher:<Cargo.toml version>)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '==> %s\n' "$*"; }
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -1)
+tag=${1:-tyk-dispatcher:$version}
+context=(Cargo.toml Cargo.lock build.rs proto src Dockerfile)
+if revision=$(git rev-parse HEAD 2>/dev/null); then
+  if [ -n "$(git status --porcelain -- "${context[@]}")" ]; then revision=$revision-dirty; fi
+else
+  revision=unknown
+fi
+
+started=$SECONDS
+scripts/local-base-images.sh
+bases=$((SECONDS - started))
+
+say "podman build --pull=never -t $tag (revision $revision)"
+started=$SECONDS
+podman build --pull=never --build-arg "VERSION=$version" --build-arg "REVISION=$revision" -t "$tag" .
+say "image $tag built in $((SECONDS - started)) s (base images: $bases s)"
+podman image inspect --format '{{.Id}} {{.Size}} bytes' "$tag"
