@@ -23,6 +23,7 @@ Anything a rendered container or volume asks for that is not listed here raises 
 change to the chart cannot be silently ignored. Not emulated (reported by `not_emulated()`):
 resources (no cgroup limits), securityContext (the process runs as the current user, with its
 capabilities, a writable root filesystem and no seccomp profile), read-only mounts, image pulls.
+(test_image.py applies those with a real runtime: container.py runs the image with podman.)
 
 Run as a script it is the in-namespace half of a probe: `kubelet.py http-get URL --timeout S
 [--header 'Name: value']…` prints {"status": …, "body": …} or {"error": …} as JSON.
