@@ -175,7 +175,11 @@ def run(spec: dict[str, Any], run: kubelet.ContainerRun, pod: kubelet.PodFacts, 
     podman("rm", "--force", "--time", "0", name, check=False)
     proc = harness.Proc(name, argv, log)
     container = Container(name, image, argv, proc)
-    harness.wait_until(f"container {name} running", lambda: _started(container), 60)
+    try:
+        harness.wait_until(f"container {name} running", lambda: _started(container), 60)
+    except BaseException:
+        container.remove()
+        raise
     return container
 
 
