@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the image from the Dockerfile, unmodified, with podman: on the local base images of
 # scripts/local-base-images.sh (made when missing or stale), never pulling (--pull=never); the
-# crates come from the registry into the Dockerfile's cache mounts. The revision label is the
+# crates come from the registry into the Dockerfile's cache mounts, which are its only cache. The revision label is the
 # git commit (with -dirty when the build context differs from it).
 #
 #   scripts/build-image.sh [TAG]        (default: tyk-dispatcher:<Cargo.toml version>)
@@ -23,8 +23,11 @@ started=$SECONDS
 scripts/local-base-images.sh
 bases=$((SECONDS - started))
 
-say "podman build --pull=never -t $tag (revision $revision)"
+# --layers=false: buildah 1.28 (Debian 12) reuses a cached LABEL step when only a build argument's
+# value changed, which left the previous commit's revision on the image. The cache mounts keep the
+# crates and the target directory, so an unchanged tree still builds in seconds.
+say "podman build --pull=never --layers=false -t $tag (revision $revision)"
 started=$SECONDS
-podman build --pull=never --build-arg "VERSION=$version" --build-arg "REVISION=$revision" -t "$tag" .
+podman build --pull=never --layers=false --build-arg "VERSION=$version" --build-arg "REVISION=$revision" -t "$tag" .
 say "image $tag built in $((SECONDS - started)) s (base images: $bases s)"
 podman image inspect --format '{{.Id}} {{.Size}} bytes' "$tag"
