@@ -27,7 +27,12 @@ bases=$((SECONDS - started))
 # value changed, which left the previous commit's revision on the image. The cache mounts keep the
 # crates and the target directory, so an unchanged tree still builds in seconds.
 say "podman build --pull=never --layers=false -t $tag (revision $revision)"
+previous=$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)
 started=$SECONDS
 podman build --pull=never --layers=false --build-arg "VERSION=$version" --build-arg "REVISION=$revision" -t "$tag" .
 say "image $tag built in $((SECONDS - started)) s (base images: $bases s)"
+# The image this tag named before, now untagged (unless a container still uses it).
+if [ -n "$previous" ] && [ "$previous" != "$(podman image inspect --format '{{.Id}}' "$tag")" ]; then
+  podman rmi "$previous" >/dev/null 2>&1 || true
+fi
 podman image inspect --format '{{.Id}} {{.Size}} bytes' "$tag"
