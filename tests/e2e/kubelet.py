@@ -23,6 +23,7 @@ Anything a rendered container or volume asks for that is not listed here raises 
 change to the chart cannot be silently ignored. Not emulated (reported by `not_emulated()`):
 resources (no cgroup limits), securityContext (the process runs as the current user, with its
 capabilities, a writable root filesystem and no seccomp profile), read-only mounts, image pulls.
+(test_image.py applies those with a real runtime: container.py runs the image with podman.)
 
 Run as a script it is the in-namespace half of a probe: `kubelet.py http-get URL --timeout S
 [--header 'Name: value']…` prints {"status": …, "body": …} or {"error": …} as JSON.
@@ -276,16 +277,21 @@ def container_env(container: dict[str, Any], pod: PodFacts, mounts: Mounts,
     return env, omitted
 
 
-def container_run(container: dict[str, Any], pod: PodFacts, volume_dirs: dict[str, Path]) -> ContainerRun:
+def container_run(container: dict[str, Any], pod: PodFacts, volume_dirs: dict[str, Path], *,
+                  map_paths: bool = True) -> ContainerRun:
+    """The container as a process. With map_paths (a process on this machine) mount paths in env
+    values and args become their volumes' directories; without (a real container runtime that
+    mounts the volumes, container.py) they stay as rendered."""
     unknown = set(container) - APPLIED - set(NOT_EMULATED)
     if unknown:
         raise Unsupported(f"{container['name']}: {sorted(unknown)} would change how the container runs; "
                           "this emulation does not apply it")
     mounts = Mounts.of(container, volume_dirs)
+    text = mounts if map_paths else Mounts(())
     service_env = dict(KUBERNETES_SERVICE_ENV)
-    env, omitted = container_env(container, pod, mounts, service_env)
+    env, omitted = container_env(container, pod, text, service_env)
     kubelet_env = {**service_env, **env}
-    args = [mounts.map(expand(a, kubelet_env.get)) for a in container.get("args") or []]
+    args = [text.map(expand(a, kubelet_env.get)) for a in container.get("args") or []]
     # HOSTNAME comes from the container runtime (the pod's hostname), after the kubelet's list.
     full_env = {"HOSTNAME": pod.name, **kubelet_env}
     return ContainerRun(container["name"], args, full_env, mounts, omitted, container)

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The end-to-end suite: the release dispatcher behind a real Tyk Gateway, with Redis and a local
-# upstream, all on loopback. Installs redis-server (Debian) when root; finds the gateway at
+# upstream, all on loopback, and the container image run by podman next to the gateway. Installs
+# redis-server (Debian), and podman, buildah, runc and mmdebstrap, when root; finds the gateway at
 # TYK_GATEWAY_BIN, else through ../shared/tyk-gateway/install.sh. SKIP_E2E=1 skips it (never
 # under CI). Extra arguments go to pytest (e.g. -k seed).
 set -euo pipefail
@@ -51,6 +52,32 @@ fi
 
 # The sidecar scenario renders the chart with Helm's own engine (the chart suite's venv).
 tests/helm/tools.sh target/helm-venv -
+
+# The image scenario (test_image.py): the Dockerfile built with podman on local base images
+# (scripts/build-image.sh) and run with runc. Podman, buildah, runc and mmdebstrap are installed
+# when root; otherwise the scenario is skipped, loudly, and never under CI.
+image_skip=
+image_tools=(podman buildah runc mmdebstrap)
+missing_image_tools=()
+for tool in "${image_tools[@]}"; do command -v "$tool" >/dev/null || missing_image_tools+=("$tool"); done
+if [ "$(id -u)" != 0 ]; then
+  image_skip="not root (rootful podman is needed; missing: ${missing_image_tools[*]:-nothing})"
+elif [ "${#missing_image_tools[@]}" != 0 ]; then
+  say "installing podman, buildah, runc and mmdebstrap from Debian"
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman buildah runc >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends mmdebstrap >/dev/null
+fi
+if [ -n "$image_skip" ]; then
+  if [ -n "${CI:-}" ]; then echo "e2e: the image scenario cannot run under CI: $image_skip" >&2; exit 1; fi
+  echo "SKIPPED: the image scenario (tests/e2e/test_image.py) will not run: $image_skip" >&2
+  export E2E_IMAGE_SKIP="$image_skip"
+else
+  say "container image: scripts/build-image.sh (base images, then podman build of the Dockerfile)"
+  image_started=$SECONDS
+  scripts/build-image.sh
+  say "container image ready in $((SECONDS - image_started)) s"
+fi
 
 say "end-to-end suite: the release dispatcher behind Tyk Gateway $("$TYK_GATEWAY_BIN" --version 2>&1 | head -1)"
 cd tests/e2e
