@@ -211,6 +211,11 @@ impl SlotResult {
     }
 }
 
+/// A gRPC client on `channel` that takes replies of any size (payloads may be large).
+fn client(channel: Channel) -> Grpc<Channel> {
+    Grpc::new(channel).max_decoding_message_size(usize::MAX)
+}
+
 /// Sends calls back to back until `end`, recording those that complete within `[start, end)`.
 async fn run_slot(
     channel: Channel,
@@ -218,7 +223,7 @@ async fn run_slot(
     start: Instant,
     end: Instant,
 ) -> SlotResult {
-    let mut grpc = Grpc::new(channel);
+    let mut grpc = client(channel);
     let path = PathAndQuery::from_static(DISPATCH);
     let mut out = SlotResult::default();
     out.latencies.reserve(4096);
@@ -300,7 +305,7 @@ async fn wait_ready(args: &Args, payload: &Payload) -> Result<(), String> {
                 .connect()
                 .await
                 .map_err(|e| format!("connect to {}: {}", args.target, chain(&e)))?;
-            let mut grpc = Grpc::new(channel);
+            let mut grpc = client(channel);
             grpc.ready()
                 .await
                 .map_err(|e| format!("channel not ready: {}", chain(&e)))?;

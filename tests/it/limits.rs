@@ -319,6 +319,39 @@ async fn nested_groups_are_refused_before_a_hook_runs_at_any_level_of_the_object
 }
 
 #[tokio::test]
+async fn a_malformed_field_only_a_hook_decodes_is_refused_and_counted_as_malformed() {
+    let app = spawn_app(config_with(|c| c.hooks = vec![deep_hook()])).await;
+    let channel = app.channel().await;
+    // A header edit whose value is not UTF-8: the scan passes over the request's edits, the
+    // hook's decode of them (its step edits headers) does not.
+    let mut object = hooked_object();
+    object
+        .request
+        .as_mut()
+        .unwrap()
+        .set_headers
+        .insert("X-Broken".into(), "ZZZZ".into());
+    let mut bytes = object.encode_to_vec();
+    let at = bytes
+        .windows(4)
+        .position(|w| w == b"ZZZZ")
+        .expect("the value is in the message");
+    bytes[at..at + 4].copy_from_slice(&[0xff, 0xfe, 0xff, 0xfe]);
+    let err = call_raw(channel.clone(), DISPATCH, bytes)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(
+        err.message().starts_with("malformed coprocess.Object: "),
+        "{}",
+        err.message()
+    );
+    let (_, metrics) = http_get(app.admin, "/metrics").await;
+    assert_eq!(malformed_count(&metrics), Some(1), "{metrics}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_deeply_nested_event_is_answered_empty_and_counted_unparsable() {
     let app = spawn_app(config_with(|_| {})).await;
     let channel = app.channel().await;

@@ -165,16 +165,23 @@ async fn flood(case: Flood) {
     let refused = Arc::new(AtomicUsize::new(0));
     let served = Arc::new(AtomicUsize::new(0));
     let late = Arc::new(AtomicUsize::new(0));
+    let slowest_refusal = Arc::new(AtomicUsize::new(0));
     let mut streams = Vec::new();
     for _ in 0..8 {
         let send = h2_connect(addr, None).await;
         for _ in 0..16 {
             let (send, message) = (send.clone(), message.clone());
-            let (refused, served, late, stop) =
-                (refused.clone(), served.clone(), late.clone(), stop.clone());
+            let (refused, served, late, stop, slowest_refusal) = (
+                refused.clone(),
+                served.clone(),
+                late.clone(),
+                stop.clone(),
+                slowest_refusal.clone(),
+            );
             streams.push(tokio::spawn(async move {
                 let mut send = send.ready().await.unwrap();
                 let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+                let sent_at = Instant::now();
                 body.send_data(prefix(message.len()), false).unwrap();
                 body.send_data(message.slice(..16 * 1024), false).unwrap();
                 tokio::pin!(response);
@@ -185,6 +192,10 @@ async fn flood(case: Flood) {
                     let answer = answer.unwrap();
                     assert_eq!(status_of(&answer), Some(8), "{answer:?}");
                     refused.fetch_add(1, Ordering::Relaxed);
+                    slowest_refusal.fetch_max(
+                        usize::try_from(sent_at.elapsed().as_micros()).unwrap_or(usize::MAX),
+                        Ordering::Relaxed,
+                    );
                     return;
                 }
                 // Accepted: the rest, slowly, an eighth at a time.
@@ -223,9 +234,10 @@ async fn flood(case: Flood) {
         late.load(Ordering::Relaxed),
     );
     eprintln!(
-        "flood {case:?}: peak VmRSS {} MiB (budget {} MiB), {refused} refused at once, {late} refused once buffered, {served} served",
+        "flood {case:?}: peak VmRSS {} MiB (budget {} MiB), {refused} refused at once (the slowest answered in {} ms), {late} refused once buffered, {served} served",
         peak / MIB,
-        case.budget() / MIB
+        case.budget() / MIB,
+        slowest_refusal.load(Ordering::Relaxed) / 1000
     );
     assert!(
         !stop.load(Ordering::Relaxed),
