@@ -11,7 +11,7 @@ use crate::{
     App, AppBuilder,
     app::AppError,
     config::{self, CliOverrides, Loaded, Problems, Sources},
-    lifecycle, telemetry,
+    lifecycle, malloc_tuning, telemetry,
 };
 
 /// A gRPC plugin server for Tyk Gateway.
@@ -99,9 +99,12 @@ fn config_errors(Problems(problems): Problems) -> ExitCode {
 }
 
 fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
+    // First of all: it may start the process over, with glibc's malloc tuned.
+    let tuning = malloc_tuning::apply();
     let config = &loaded.config;
     let _logs =
         telemetry::init(config.log_format).map_err(|err| RunError::Logs(err.to_string()))?;
+    tuning.log();
     for note in &loaded.notes {
         tracing::warn!("{note}");
     }

@@ -22,6 +22,7 @@
 //! - [`admin`]: the side HTTP port: `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`lifecycle`]: readiness, connection tracking, drain and shutdown signals.
+//! - [`malloc_tuning`]: glibc's malloc tuned at start so freed memory returns to the system.
 //! - [`telemetry`]: log output.
 //! - [`cli`]: command-line flags and `check-config`.
 //! - [`pb`]: generated protocol types.
@@ -42,6 +43,7 @@ pub mod hygiene;
 pub mod lifecycle;
 pub mod limits;
 pub mod listener;
+pub mod malloc_tuning;
 pub mod metrics;
 pub mod object_log;
 pub mod pb;

@@ -557,3 +557,61 @@ async fn a_call_that_never_sends_its_prefix_is_cut_after_the_timeout() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_binary_runs_with_malloc_tuned_unless_glibc_tunables_is_set() {
+    use tyk_dispatcher::malloc_tuning::TUNABLES;
+    let environ = |pid: u32| -> Vec<String> {
+        std::fs::read(format!("/proc/{pid}/environ"))
+            .unwrap()
+            .split(|b| *b == 0)
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .collect()
+    };
+    // As shipped: the process re-executes itself (same pid) with the tunables, and serves.
+    let process = Process::start(&[("TYK_DISPATCHER_LISTEN", "127.0.0.1:0")], &[]);
+    let (grpc, _admin) = process.ready().await;
+    let pid = process.child.id();
+    // glibc (before 2.39) cuts the value at its first ':' in place as it reads it.
+    let first = TUNABLES.split(':').next().unwrap();
+    assert!(
+        environ(pid).contains(&format!("GLIBC_TUNABLES={first}")),
+        "{:?}",
+        environ(pid)
+    );
+    assert!(
+        process.logs("GLIBC_TUNABLES set at start").is_empty(),
+        "{}",
+        process.log_text()
+    );
+    let request = seed_object().encode_to_vec();
+    let reply = call_raw(
+        connect(grpc[0].parse().unwrap()).await,
+        DISPATCH,
+        request.clone(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.as_ref(), request.as_slice());
+    // Set by whoever starts it: left as given, and said so.
+    let process = Process::start(
+        &[
+            ("TYK_DISPATCHER_LISTEN", "127.0.0.1:0"),
+            ("GLIBC_TUNABLES", "glibc.malloc.arena_max=4"),
+        ],
+        &[],
+    );
+    process.ready().await;
+    assert!(
+        environ(process.child.id())
+            .contains(&"GLIBC_TUNABLES=glibc.malloc.arena_max=4".to_string())
+    );
+    assert_eq!(
+        process
+            .logs("GLIBC_TUNABLES set at start: malloc tuning left as given")
+            .len(),
+        1,
+        "{}",
+        process.log_text()
+    );
+}
