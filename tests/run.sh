@@ -57,5 +57,15 @@ say "chart, image and deploy suite: helm lint and render, kubernetes-validate 1.
 DISPATCHER_BIN="$PWD/target/debug/tyk-dispatcher" HELM_NPM_DIR="$PWD/$helm_npm" \
   "$helm_venv/bin/python" -m pytest -q tests/helm
 
+# A bounded coverage-guided fuzzing run (fuzz/run.sh: AFL++ through afl.rs, about 3 minutes
+# of fuzzing after the build); SKIP_FUZZ=1 skips it, never under CI.
+if [ -n "${SKIP_FUZZ:-}" ]; then
+  if [ -n "${CI:-}" ]; then echo "SKIP_FUZZ is set under CI: the bounded fuzzing run must run" >&2; exit 1; fi
+  echo "SKIPPED (SKIP_FUZZ=1): the bounded fuzzing run (fuzz/run.sh) did not run"
+else
+  say "bounded fuzzing run: every parser of untrusted bytes, 150 s in all, 1 s and 256 MiB per input"
+  fuzz/run.sh 150
+fi
+
 # The real-gateway suite (tests/e2e): the release dispatcher behind Tyk Gateway v5.14.0.
 tests/e2e/run.sh
