@@ -117,23 +117,8 @@ for number, raw in fields(seed):
 open(sys.argv[2], "wb").write(out)
 EOF
 
-PIDS=()
-stop_pid() {
-    local pid="$1"
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-}
-trap cleanup EXIT
+source "$ROOT/bench/lib.sh"   # PIDS, stop_pid, stop_all, busy_percent, wait_idle
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 free_port() {
@@ -193,7 +178,6 @@ EOF
     log "round $round $name: $(cat "$OUT/$name-$round.json")"
 }
 
-source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
 NAMES=(system tuned mimalloc)
 for round in $(seq "$ROUNDS"); do
     wait_idle

@@ -51,23 +51,8 @@ done
 [ "$SERVER_CPU" != "$LOADGEN_CPU" ] || log "warning: server and load generator share CPU $SERVER_CPU"
 
 # --- everything this script starts is stopped on exit -------------------------------------
-PIDS=()
-stop_pid() {
-    local pid="$1"
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-}
-trap cleanup EXIT
+source "$ROOT/bench/lib.sh"   # PIDS, stop_pid, stop_all, busy_percent, wait_idle
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 # --- build ----------------------------------------------------------------------------------
@@ -115,7 +100,6 @@ run_load() {
     done
 }
 
-source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
 wait_idle
 BUSY_BEFORE="$(busy_percent)"
 if [ "$BUSY_BEFORE" -gt 10 ]; then

@@ -68,26 +68,12 @@ mkdir -p "$LOGS" "$RUNS" "$BIN" "$WORK/apps" "$WORK/redis"
 SOCK="$WORK/dispatcher.sock"
 
 # --- everything started here is stopped on exit, by pid ---------------------------------------
-PIDS=()
-stop_pid() {
-    local pid="$1"
-    [ -n "$pid" ] || return 0
-    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
+source "$ROOT/bench/lib.sh"   # PIDS, stop_pid, stop_all, busy_percent, wait_idle
 cleanup() {
     local rc=$? pid i f
     trap - EXIT INT TERM
     # Newest first: the gateway before the dispatcher it dials, redis and the upstream last.
-    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        stop_pid "${PIDS[$i]}"
-    done
+    stop_all
     if [ "$rc" -ne 0 ]; then
         # Redis's and the upstream's, then the newest four (the failed run's), newest last.
         for f in "$LOGS/redis.log" "$LOGS/upstream.log" \
@@ -203,7 +189,6 @@ if [[ " $CONFIGS " == *" python "* ]]; then
 fi
 
 # --- machine idle? -------------------------------------------------------------------------------
-source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
 wait_idle_or_warn() {
     wait_idle
     [ "$IDLE_REACHED" = 1 ] || log "warning: the machine did not go idle within ${WAIT_IDLE_SECS}s"

@@ -1,5 +1,31 @@
-# Shared by the benchmark scripts (sourced): waiting for an idle machine before a measured run,
-# since other work takes CPU from the pinned processes and skews the figures.
+# Shared by the benchmark scripts (sourced): stopping what they started, and waiting for an idle
+# machine before a measured run, since other work takes CPU from the pinned processes and skews
+# the figures.
+
+# Every process a script starts goes into PIDS; stop_all (on exit) stops them, newest first.
+PIDS=()
+
+# Stops one process: TERM, up to 10 s, then KILL; reaps it.
+stop_pid() {
+    local pid="$1"
+    [ -n "$pid" ] || return 0
+    kill -0 "$pid" 2>/dev/null || { wait "$pid" 2>/dev/null || true; return 0; }
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+}
+
+# Stops everything in PIDS, newest first (a client before the server it talks to).
+stop_all() {
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]}"
+    done
+}
 
 # Busy share of all CPUs over the next second, in percent, from /proc/stat.
 busy_percent() {

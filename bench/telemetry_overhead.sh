@@ -81,23 +81,8 @@ for config in $CONFIGS; do
 done
 
 # --- everything this script starts is stopped on exit -------------------------------------
-PIDS=()
-stop_pid() {
-    local pid="$1"
-    kill -0 "$pid" 2>/dev/null || return 0
-    kill -TERM "$pid" 2>/dev/null || true
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2>/dev/null || true
-    wait "$pid" 2>/dev/null || true
-}
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do stop_pid "$pid"; done
-}
-trap cleanup EXIT
+source "$ROOT/bench/lib.sh"   # PIDS, stop_pid, stop_all, busy_percent, wait_idle
+trap stop_all EXIT
 trap 'exit 130' INT TERM
 
 # --- build ----------------------------------------------------------------------------------
@@ -136,7 +121,6 @@ print((int(fields[11]) + int(fields[12])) / float(sys.argv[2]))
 EOF
 }
 
-source "$ROOT/bench/lib.sh"   # busy_percent, wait_idle
 
 # Runs the load against $1 (run name) at $2 (host:port) for server pid $3, with the sink (pid
 # $4, or empty) sharing the machine; result in $RUNS/$1.json. The sink's CPU share over the

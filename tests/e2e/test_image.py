@@ -36,7 +36,8 @@ import harness
 import kubelet
 import traffic
 from harness import dispatch_count
-from test_sidecar import NAMESPACE, POD, PRE, RELEASE, RESPONSE, VALUES, overlay_gateway_values, proc_environ
+from test_sidecar import (NAMESPACE, POD, PRE, RELEASE, RESPONSE, VALUES, AdminOverPodNetwork,
+                          overlay_gateway_values, proc_environ)
 
 if os.environ.get("E2E_IMAGE_SKIP"):
     pytest.skip(f"the image test did not run: {os.environ['E2E_IMAGE_SKIP']}", allow_module_level=True)
@@ -105,7 +106,7 @@ def write_error(path: Path) -> int | None:
 
 
 @dataclass
-class ImagePod:
+class ImagePod(AdminOverPodNetwork):
     workdir: Path
     objects: list[dict[str, Any]]
     sidecar: dict[str, Any]
@@ -121,16 +122,6 @@ class ImagePod:
     upstream: harness.Upstream
     gateway: harness.Gateway
 
-    def admin_get(self, path: str, timeout: float = 5) -> tuple[int, str]:
-        port = self.run.port("dispatch-admin")
-        reply = self.network.http_get(f"http://{POD.pod_ip}:{port}{path}", timeout)
-        assert "status" in reply, reply
-        return reply["status"], reply["body"]
-
-    def metrics(self) -> str:
-        status, body = self.admin_get("/metrics")
-        assert status == 200, body
-        return body
 
     def log_events(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.container.proc.text().splitlines() if line.startswith("{")]

@@ -62,8 +62,24 @@ def proc_environ(pid: int) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items if item)
 
 
+class AdminOverPodNetwork:
+    """The dispatcher's admin port, reached from inside the pod's network namespace (for pods
+    with `run`, the rendered pod, and `network`, its namespace)."""
+
+    def admin_get(self, path: str, timeout: float = 5) -> tuple[int, str]:
+        port = self.run.port("dispatch-admin")
+        reply = self.network.http_get(f"http://{POD.pod_ip}:{port}{path}", timeout)
+        assert "status" in reply, reply
+        return reply["status"], reply["body"]
+
+    def metrics(self) -> str:
+        status, body = self.admin_get("/metrics")
+        assert status == 200, body
+        return body
+
+
 @dataclass
-class Pod:
+class Pod(AdminOverPodNetwork):
     workdir: Path
     binary: Path
     objects: list[dict[str, Any]]
@@ -81,17 +97,6 @@ class Pod:
     upstream: harness.Upstream
     gateway: harness.Gateway
 
-    def admin_get(self, path: str, timeout: float = 5) -> tuple[int, str]:
-        """A GET on the dispatcher's admin port, from inside the pod's network namespace."""
-        port = self.run.port("dispatch-admin")
-        reply = self.network.http_get(f"http://{POD.pod_ip}:{port}{path}", timeout)
-        assert "status" in reply, reply
-        return reply["status"], reply["body"]
-
-    def metrics(self) -> str:
-        status, body = self.admin_get("/metrics")
-        assert status == 200, body
-        return body
 
 
 def overlay_gateway_values(objects: list[dict[str, Any]]) -> dict[str, Any]:
