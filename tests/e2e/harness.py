@@ -518,3 +518,21 @@ def dispatch_count(metrics_text: str, hook_type: str, hook_name: str, outcome: s
     if outcome:
         labels["outcome"] = outcome
     return metric(metrics_text, "tyk_dispatcher_dispatch_requests_total", **labels)
+
+
+# The dispatcher re-executes itself at start with glibc's malloc tuned (src/malloc_tuning.rs).
+# glibc (before 2.39) cuts GLIBC_TUNABLES at each ':' in place as it reads it, so
+# /proc/PID/environ shows the later pieces as entries of their own.
+MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072:"
+                   "glibc.malloc.arena_max=2")
+
+
+def without_malloc_tuning(environ: dict[str, str]) -> dict[str, str]:
+    """`environ` (as read from /proc) less the malloc tuning the dispatcher added to it, which
+    must be there."""
+    env = dict(environ)
+    value = env.pop("GLIBC_TUNABLES", None)
+    assert value and MALLOC_TUNABLES.startswith(value), f"GLIBC_TUNABLES={value!r}"
+    for piece in MALLOC_TUNABLES.split(":")[1:]:
+        env.pop(piece.split("=", 1)[0], None)
+    return env
