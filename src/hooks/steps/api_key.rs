@@ -89,13 +89,19 @@ struct KeyIndex {
 }
 
 fn parse_digest(hex: &str) -> Option<[u8; 32]> {
-    let hex = hex.trim().to_ascii_lowercase();
+    // Bytes, not str slices: a multi-byte character must not split a pair (found by fuzzing).
+    let hex = hex.trim().as_bytes();
     if hex.len() != 64 {
         return None;
     }
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
     let mut out = [0u8; 32];
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).ok()?;
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        *byte = digit(pair[0])? << 4 | digit(pair[1])?;
     }
     Some(out)
 }
@@ -234,6 +240,26 @@ impl Step for ApiKeyAuth {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn digests_are_64_hex_digits_and_anything_else_is_refused_without_panicking() {
+        let good = "fe99c07d02875eb2808e353938d44435c98350d4cf93f0618393366de6214af0";
+        assert_eq!(parse_digest(good).map(|d| d[0]), Some(0xfe));
+        assert_eq!(
+            parse_digest(&good.to_uppercase()).map(|d| d[31]),
+            Some(0xf0)
+        );
+        // 64 bytes with a two-byte character straddling a pair (the fuzzer's find), wrong
+        // lengths and non-hex digits.
+        for bad in [
+            "fe99c07\u{19c}02875eb2808e353938d44435c98350d4cf93f0618393366de6214af",
+            &good[..62],
+            &format!("{good}00"),
+            &good.replace('f', "g"),
+        ] {
+            assert_eq!(parse_digest(bad), None, "{bad}");
+        }
+    }
     use crate::hooks::steps::tests::{cx, run_step, step_config};
 
     fn sha(key: &str) -> String {
