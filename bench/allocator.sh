@@ -69,28 +69,25 @@ def varint(n):
         if not n:
             return bytes(out)
 
+def read_varint(buf, i):
+    """The varint at buf[i] and the index after it."""
+    n = 0; shift = 0
+    while True:
+        b = buf[i]; i += 1
+        n |= (b & 0x7F) << shift; shift += 7
+        if b < 0x80:
+            return n, i
+
 def fields(buf):
     i = 0
     while i < len(buf):
         start = i
-        key = 0; shift = 0
-        while True:
-            b = buf[i]; i += 1
-            key |= (b & 0x7F) << shift; shift += 7
-            if b < 0x80:
-                break
+        key, i = read_varint(buf, i)
         wire = key & 7
         if wire == 0:
-            while buf[i] & 0x80:
-                i += 1
-            i += 1
+            _, i = read_varint(buf, i)
         elif wire == 2:
-            n = 0; shift = 0
-            while True:
-                b = buf[i]; i += 1
-                n |= (b & 0x7F) << shift; shift += 7
-                if b < 0x80:
-                    break
+            n, i = read_varint(buf, i)
             i += n
         else:
             raise SystemExit(f"unexpected wire type {wire}")
@@ -104,12 +101,7 @@ for number, raw in fields(seed):
         header_len = len(varint((3 << 3) | 2))
         # The request's own bytes, then raw_body appended (the seed has none).
         rest = raw[header_len:]
-        n = 0; shift = 0; j = 0
-        while True:
-            b = rest[j]; j += 1
-            n |= (b & 0x7F) << shift; shift += 7
-            if b < 0x80:
-                break
+        n, j = read_varint(rest, 0)
         request = bytes(rest[j:j + n]) + varint((14 << 3) | 2) + varint(len(body)) + body
         out += varint((3 << 3) | 2) + varint(len(request)) + request
     else:

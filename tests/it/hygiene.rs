@@ -259,6 +259,13 @@ async fn with_few_file_descriptors_probes_still_answer_and_calls_are_served() {
     );
 }
 
+/// A client's opening: the preface and an empty SETTINGS frame.
+fn opening() -> Vec<u8> {
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend(frame(0x4, 0, 0, &[]));
+    bytes
+}
+
 /// One HTTP/2 frame as read: its type, stream and payload.
 #[derive(Debug)]
 struct Frame {
@@ -412,8 +419,7 @@ fn literal_header(name: &[u8], value: &[u8]) -> Vec<u8> {
 async fn rapid_reset_gets_goaway_enhance_your_calm_and_the_server_stays_responsive() {
     let app = spawn_app(config_with(|_| {})).await;
     let mut attacker = TcpStream::connect(app.addr()).await.unwrap();
-    let mut burst = PREFACE.to_vec();
-    burst.extend(frame(0x4, 0, 0, &[]));
+    let mut burst = opening();
     // :method GET, :scheme http, :path / (HPACK static table), then RST_STREAM CANCEL.
     for i in 0..500u32 {
         let stream = 2 * i + 1;
@@ -434,8 +440,7 @@ async fn rapid_reset_gets_goaway_enhance_your_calm_and_the_server_stays_responsi
 async fn a_continuation_flood_gets_goaway_enhance_your_calm() {
     let app = spawn_app(config_with(|_| {})).await;
     let mut attacker = TcpStream::connect(app.addr()).await.unwrap();
-    let mut burst = PREFACE.to_vec();
-    burst.extend(frame(0x4, 0, 0, &[]));
+    let mut burst = opening();
     // A header block that never ends: HEADERS without END_HEADERS, then empty CONTINUATION
     // frames, which cost the attacker 9 bytes each.
     burst.extend(frame(0x1, 0x1, 1, &dispatch_headers(&[])));
@@ -457,8 +462,7 @@ async fn a_continuation_flood_gets_goaway_enhance_your_calm() {
 async fn a_header_block_over_16_kib_is_refused_with_431_and_nothing_is_dispatched() {
     let app = spawn_app(config_with(|_| {})).await;
     let mut attacker = TcpStream::connect(app.addr()).await.unwrap();
-    let mut burst = PREFACE.to_vec();
-    burst.extend(frame(0x4, 0, 0, &[]));
+    let mut burst = opening();
     // 36 KB of headers in three frames (within h2's CONTINUATION count, so the size limit
     // itself answers): HEADERS, then two CONTINUATION frames, the last one ending the block.
     let first = dispatch_headers(&literal_header(b"x-pad-0", &[b'a'; 12_000]));
@@ -496,9 +500,7 @@ async fn flood_without_reading(
     during: Duration,
 ) -> usize {
     let mut attacker = TcpStream::connect(addr).await.unwrap();
-    let mut start = PREFACE.to_vec();
-    start.extend(frame(0x4, 0, 0, &[]));
-    attacker.write_all(&start).await.unwrap();
+    attacker.write_all(&opening()).await.unwrap();
     let mut batch = Vec::new();
     while batch.len() < 64 * 1024 {
         batch.extend_from_slice(flood);
