@@ -55,6 +55,14 @@ fn dispatch_request() -> http::Request<()> {
         .unwrap()
 }
 
+/// Sends `message` whole as one Dispatch call on `send`; the response to come.
+fn send_whole(send: &mut SendRequest<Bytes>, message: &Bytes) -> h2::client::ResponseFuture {
+    let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
+    body.send_data(prefix(message.len()), false).unwrap();
+    body.send_data(message.clone(), true).unwrap();
+    response
+}
+
 /// The grpc-status of a trailers-only response, if it is one.
 fn status_of(response: &http::Response<h2::RecvStream>) -> Option<i32> {
     response
@@ -374,9 +382,7 @@ async fn replies_a_client_never_reads_are_reset_and_cannot_starve_others() {
     let mut refused = 0;
     for _ in 0..4 {
         let mut send = hog.clone().ready().await.unwrap();
-        let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
-        body.send_data(prefix(large.len()), false).unwrap();
-        body.send_data(large.clone(), true).unwrap();
+        let response = send_whole(&mut send, &large);
         let answer = response.await.unwrap();
         match status_of(&answer) {
             Some(8) => refused += 1,
@@ -412,9 +418,7 @@ async fn replies_a_client_never_reads_are_reset_and_cannot_starve_others() {
     {
         let tiny = object_of(1000);
         let mut send = hog.clone().ready().await.unwrap();
-        let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
-        body.send_data(prefix(tiny.len()), false).unwrap();
-        body.send_data(tiny.clone(), true).unwrap();
+        let response = send_whole(&mut send, &tiny);
         let mut reply = response.await.unwrap().into_body();
         let got = read_to_end(&mut reply).await.expect("a whole reply");
         assert_eq!(got, tiny.len() + 5);
@@ -462,9 +466,7 @@ async fn a_stalled_reply_is_reset_alone_while_its_connection_moves_on() {
     let mut bodies = Vec::new();
     for _ in 0..2 {
         let mut send = conn.clone().ready().await.unwrap();
-        let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
-        body.send_data(prefix(message.len()), false).unwrap();
-        body.send_data(message.clone(), true).unwrap();
+        let response = send_whole(&mut send, &message);
         bodies.push(response.await.unwrap().into_body());
     }
     let mut moving = bodies.pop().unwrap();
@@ -506,9 +508,7 @@ async fn a_slow_reader_is_never_cut_while_its_reply_moves() {
     .await;
     let message = object_of(MIB);
     let mut send = h2_connect(app.addr(), Some(64 * 1024)).await;
-    let (response, mut body) = send.send_request(dispatch_request(), false).unwrap();
-    body.send_data(prefix(message.len()), false).unwrap();
-    body.send_data(message.clone(), true).unwrap();
+    let response = send_whole(&mut send, &message);
     let started = Instant::now();
     let mut reply = response.await.unwrap().into_body();
     let mut received = 0;
