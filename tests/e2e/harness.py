@@ -371,6 +371,18 @@ class Dispatcher:
     def log(self) -> str:
         return self.proc.text()
 
+    def log_lines(self, *containing: str, at_least: int = 1, timeout: float = 5) -> list[str]:
+        """The log lines holding every string of `containing`, once there are `at_least` of them.
+        A background thread writes the log, so a line can land a moment after the reply it
+        describes."""
+        def enough():
+            lines = [line for line in self.log().splitlines() if all(c in line for c in containing)]
+            return lines if len(lines) >= at_least else None
+        try:
+            return wait_until(f"{at_least} log line(s) holding {containing!r}", enough, timeout, 0.05)
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{self.log()[-3000:]}") from None
+
 
 class Gateway:
     def __init__(self, tools: Tools, workdir: Path, redis: Redis, *, grpc_server: str,

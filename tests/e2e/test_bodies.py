@@ -79,9 +79,7 @@ def test_a_body_over_the_default_receive_limit_fails_with_both_sizes_logged(stac
     assert b"Middleware error" in reply.body
     response = stack.gateway.request("GET", f"/bodies/bytes?n={5 * MIB}&kind=binary")
     assert response.status == 500, response
-    lines = [line for line in stack.dispatcher.log().splitlines()
-             if "reply exceeds the gateway's default receive limit" in line]
-    assert len(lines) >= 2, stack.dispatcher.log()[-3000:]
+    lines = stack.dispatcher.log_lines("reply exceeds the gateway's default receive limit", at_least=2)
     for line in lines[-2:]:
         reply_bytes = int(re.search(r"reply_bytes=(\d+)", line).group(1))
         assert reply_bytes > 5 * MIB

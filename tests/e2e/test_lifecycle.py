@@ -178,7 +178,7 @@ def test_hooks_file_edits_apply_without_a_failed_request_and_a_broken_file_is_re
         metric(before, "tyk_dispatcher_config_reloads_total", result="success") == 1
     assert metric(after, "tyk_dispatcher_config_reloads_total", result="failure") - \
         metric(before, "tyk_dispatcher_config_reloads_total", result="failure") >= 1
-    assert "config file changed but is not valid" in stack.dispatcher.log()
+    stack.dispatcher.log_lines("config file changed but is not valid")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_unix_socket_takeover_loses_no_request(stacks, tools):
     hand_over(stack, tools, env)
     # A left the socket in place: it is B's now.
     assert socket_path.is_socket()
-    assert "Unix socket now belongs to another instance; left in place" in stack.dispatcher.log()
+    stack.dispatcher.log_lines("Unix socket now belongs to another instance; left in place")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -76,9 +76,8 @@ def test_classic_seed_api_calls_pre_and_response_and_proxies_unchanged(stack):
     for hook_type, name in (("Pre", "MyPreRequestPlugin"), ("Response", "MyResponsePlugin")):
         delta = dispatch_count(after, hook_type, name, "unchanged") - dispatch_count(before, hook_type, name, "unchanged")
         assert delta == 1, f"{hook_type} {name}: {delta} calls"
-    log = stack.dispatcher.log()
-    assert 'hook_type="Pre" hook_name="MyPreRequestPlugin" api_id="seed-classic"' in log
-    assert 'hook_type="Response" hook_name="MyResponsePlugin" api_id="seed-classic"' in log
+    stack.dispatcher.log_lines('hook_type="Pre" hook_name="MyPreRequestPlugin" api_id="seed-classic"')
+    stack.dispatcher.log_lines('hook_type="Response" hook_name="MyResponsePlugin" api_id="seed-classic"')
 
 
 def test_oas_seed_block_as_printed_drops_its_plugins_and_sends_an_unnamed_auth_hook(stack):
