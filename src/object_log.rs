@@ -108,16 +108,17 @@ fn redact_url_field(request: &mut Map<String, Value>, field: &str) {
 /// When the bytes are not a valid Object.
 pub fn render(bytes: &Bytes) -> Result<Value, prost::DecodeError> {
     // From `Bytes`, the bodies are shared, not copied: they are only hashed.
-    Ok(render_object(pb::Object::decode(bytes.clone())?))
+    Ok(render_object(&mut pb::Object::decode(bytes.clone())?))
 }
 
-/// Renders a decoded Object as redacted canonical JSON.
-pub fn render_object(mut object: pb::Object) -> Value {
+/// Renders a decoded Object as redacted canonical JSON. The bodies (and a hook type our enum
+/// lacks) are lent out while the rest is serialised and given back after, so a body is hashed,
+/// never copied: a log of a 64 MiB Object costs the JSON of its small fields.
+pub fn render_object(object: &mut pb::Object) -> Value {
     // pbjson cannot name a hook type our enum lacks; canonical JSON writes it as a number.
     let unknown_hook_type = pb::HookType::try_from(object.hook_type)
         .is_err()
         .then(|| std::mem::take(&mut object.hook_type));
-    // Bodies leave the message before serialisation, so they are hashed, not base64-encoded.
     let request_bodies = object
         .request
         .as_mut()
@@ -127,16 +128,36 @@ pub fn render_object(mut object: pb::Object) -> Value {
         .as_mut()
         .map(|r| (std::mem::take(&mut r.body), std::mem::take(&mut r.raw_body)));
     // pbjson's output for generated types is always serialisable.
-    let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
-    let Value::Object(root) = &mut value else {
-        return value;
-    };
+    let mut value = serde_json::to_value(&*object).unwrap_or(Value::Null);
+    if let Value::Object(root) = &mut value {
+        redact(root, unknown_hook_type, request_bodies.as_ref(), response_bodies.as_ref());
+    }
+    crate::event_log::cut_strings(&mut value);
+    if let Some(raw) = unknown_hook_type {
+        object.hook_type = raw;
+    }
+    if let (Some(request), Some((body, raw))) = (object.request.as_mut(), request_bodies) {
+        (request.body, request.raw_body) = (body, raw);
+    }
+    if let (Some(response), Some((body, raw))) = (object.response.as_mut(), response_bodies) {
+        (response.body, response.raw_body) = (body, raw);
+    }
+    value
+}
+
+/// Secrets redacted and bodies summarised in the rendering of an Object.
+fn redact(
+    root: &mut Map<String, Value>,
+    unknown_hook_type: Option<i32>,
+    request_bodies: Option<&(String, Bytes)>,
+    response_bodies: Option<&(String, Bytes)>,
+) {
     if let Some(raw) = unknown_hook_type {
         root.insert("hookType".into(), Value::from(raw));
     }
 
     if let Some(Value::Object(request)) = root.get_mut("request") {
-        if let Some((body, raw)) = &request_bodies {
+        if let Some((body, raw)) = request_bodies {
             request.insert("body".into(), body_summary(body.as_bytes()));
             request.insert("rawBody".into(), body_summary(raw));
         }
@@ -153,7 +174,7 @@ pub fn render_object(mut object: pb::Object) -> Value {
         redact_url_field(request, "requestUri");
     }
     if let Some(Value::Object(response)) = root.get_mut("response") {
-        if let Some((body, raw)) = &response_bodies {
+        if let Some((body, raw)) = response_bodies {
             response.insert("body".into(), body_summary(body.as_bytes()));
             response.insert("rawBody".into(), body_summary(raw));
         }
@@ -187,8 +208,6 @@ pub fn render_object(mut object: pb::Object) -> Value {
             }
         }
     }
-    crate::event_log::cut_strings(&mut value);
-    value
 }
 
 #[cfg(test)]
@@ -251,6 +270,32 @@ mod tests {
         assert_eq!(value["hookName"], cut("n", 4 << 20));
         assert_eq!(value["request"]["headers"][cut("H", 2000)], cut("v", 1025));
         assert!(value.to_string().len() < 8 * 1024);
+    }
+
+    #[test]
+    fn rendering_lends_the_bodies_and_gives_them_back() {
+        let mut object = pb::Object {
+            hook_type: 42,
+            request: Some(pb::MiniRequestObject {
+                body: "request body".into(),
+                raw_body: Bytes::from_static(b"raw request body"),
+                ..Default::default()
+            }),
+            response: Some(pb::ResponseObject {
+                body: "response body".into(),
+                raw_body: Bytes::from_static(b"raw response body"),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let before = object.clone();
+        let raw_body_at = object.request.as_ref().unwrap().raw_body.as_ptr();
+        let value = render_object(&mut object);
+        assert_eq!(value["hookType"], 42);
+        assert_eq!(value["request"]["body"]["bytes"], 12);
+        assert_eq!(value["response"]["rawBody"]["bytes"], 17);
+        assert_eq!(object, before);
+        assert_eq!(object.request.unwrap().raw_body.as_ptr(), raw_body_at, "moved back, not copied");
     }
 
     #[test]

@@ -37,7 +37,7 @@ impl Step for Log {
         object: &mut pb::Object,
         cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        let json = object_log::render_object(object.clone());
+        let json = object_log::render_object(object);
         tracing::info!(hook_name = %cx.hook_name, object = %json, "object");
         Ok(StepOutcome::Unchanged)
     }
