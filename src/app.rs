@@ -1,7 +1,7 @@
 //! [`App::build`] binds every listener (so port 0 works and bind errors surface before any
 //! serving); [`App::run_until_stopped`] serves until told to stop, then drains in order.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use tokio::{net::TcpListener, task::JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -9,6 +9,8 @@ use tonic_health::{ServingStatus, server::HealthReporter};
 
 use crate::{
     admin,
+    call::Refusals,
+    charge::Charger,
     config::Sources,
     config::{Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Problem, Problems},
     dispatcher::{Dispatcher, LogSettings},
@@ -18,6 +20,7 @@ use crate::{
     listener::{self, BindError, BindOptions, BoundAddr, Listener},
     metrics::{Metrics, MetricsSettings},
     pb,
+    response::FinishedRoutes,
     server::{self, ConnectionServer},
     telemetry::Traces,
     tls::{ReloadingConfig, TlsFiles},
@@ -185,7 +188,7 @@ impl AppBuilder {
             tls,
         } = prepare(&config, &registry);
         let hooks = match hooks {
-            Some(table) if problems.is_empty() => Hooks::new(table, Arc::new(registry)),
+            Some(table) if problems.is_empty() => table,
             _ => return Err(Problems(problems).into()),
         };
         let metrics = Metrics::new(MetricsSettings {
@@ -193,11 +196,12 @@ impl AppBuilder {
             label_cap: config.metrics_label_cap,
             api_label: config.metrics_api_label,
         });
-        hooks.current().prepare_metrics(&metrics);
+        let hooks = Hooks::new(hooks, Arc::new(registry), metrics.clone());
         let traces =
             Traces::from_config(&config, &metrics).map_err(|err| Problems(vec![err.problem()]))?;
         let lifecycle = Lifecycle::default();
         let budget = InFlightBudget::new(config.in_flight_budget(), config.max_recv_bytes);
+        let refusals = Refusals::new(metrics.clone());
         let dispatcher = Dispatcher::new(
             LogSettings {
                 calls: config.log_calls,
@@ -208,6 +212,7 @@ impl AppBuilder {
             metrics.clone(),
             traces.clone(),
             hooks.clone(),
+            refusals.clone(),
         );
         let (routes, health) = server::routes(&config, dispatcher).map_err(AppError::Reflection)?;
         // Not serving until every listener is up.
@@ -259,13 +264,21 @@ impl AppBuilder {
                 "max_connections lowered to fit the open-file limit, with room for the admin port"
             );
         }
+        let charger = Charger::new(
+            budget,
+            config.max_recv_bytes,
+            Duration::from_secs(config.request_progress_timeout_secs),
+            &metrics,
+            hooks.clone(),
+            config.log_objects,
+            refusals.clone(),
+        );
         let connections = ConnectionServer::new(
             &config,
-            routes,
-            budget,
+            FinishedRoutes::new(routes, refusals),
+            charger,
             lifecycle.clone(),
             metrics.clone(),
-            hooks.clone(),
             max_connections,
         );
         Ok(App {

@@ -31,10 +31,10 @@ use tonic::{Status, body::Body};
 use tower::Service;
 
 use crate::{
-    bounds::WarnLimit,
+    call::{BudgetMoment, CallError, Refusals},
     hooks::Hooks,
     limits::{BudgetShare, ConnectionBudget, InFlightBudget},
-    metrics::{Metrics, Rejection, StreamReset},
+    metrics::{Metrics, StreamReset},
 };
 
 /// The gRPC message prefix: compressed flag and a big-endian u32 length.
@@ -53,35 +53,34 @@ pub struct Charger {
     budget: InFlightBudget,
     max_recv_bytes: usize,
     request_progress_timeout: Duration,
-    metrics: Metrics,
     /// Streams reset for a request body that stopped.
     stalled: Counter,
     /// Whether calls may be decoded, so the decoded copy is charged up front too: by a hook,
     /// or for the object log.
     hooks: Hooks,
     log_objects: bool,
-    refusals: Arc<WarnLimit>,
+    refusals: Refusals,
 }
 
 impl Charger {
-    /// Charges `budget`, refusing messages over `max_recv_bytes`.
+    /// Charges `budget`, refusing messages over `max_recv_bytes` (through `refusals`).
     pub fn new(
         budget: InFlightBudget,
         max_recv_bytes: usize,
         request_progress_timeout: Duration,
-        metrics: Metrics,
+        metrics: &Metrics,
         hooks: Hooks,
         log_objects: bool,
+        refusals: Refusals,
     ) -> Self {
         Self {
             budget,
             max_recv_bytes,
             request_progress_timeout,
             stalled: metrics.streams_reset(StreamReset::RequestProgress),
-            metrics,
             hooks,
             log_objects,
-            refusals: Arc::default(),
+            refusals,
         }
     }
 
@@ -99,34 +98,23 @@ impl Charger {
         connection: &Arc<ConnectionBudget>,
     ) -> Result<BudgetShare, Status> {
         if len > self.max_recv_bytes {
-            self.metrics.reject(Rejection::RequestTooLarge);
-            let status = Status::resource_exhausted(format!(
-                "request of {len} bytes exceeds the receive limit of {} bytes (max_recv_bytes or TYK_GW_COPROCESSOPTIONS_GRPCSENDMAXSIZE)",
-                self.max_recv_bytes
-            ));
-            self.warn(len, &status);
-            return Err(status);
+            return Err(self.refusals.refuse(&CallError::RequestTooLarge {
+                request_bytes: len,
+                limit: self.max_recv_bytes,
+            }));
         }
         let need = if self.log_objects || self.hooks.may_decode() {
             len.saturating_mul(2)
         } else {
             len
         };
-        connection.take(need).inspect_err(|status| {
-            self.metrics.reject(Rejection::InFlightBudget);
-            self.warn(len, status);
+        connection.take(need).map_err(|source| {
+            self.refusals.refuse(&CallError::NoBudget {
+                request_bytes: len,
+                moment: BudgetMoment::BeforeRead,
+                source,
+            })
         })
-    }
-
-    fn warn(&self, len: usize, status: &Status) {
-        if let Some(suppressed) = self.refusals.permit() {
-            tracing::warn!(
-                request_bytes = len,
-                reason = status.message(),
-                suppressed,
-                "call refused before its message was read"
-            );
-        }
     }
 }
 
@@ -187,7 +175,7 @@ where
                 Ok(None) => {}
                 Ok(Some(len)) => match charger.charge(len, &connection) {
                     Ok(share) => {
-                        parts.extensions.insert(Arc::new(share));
+                        parts.extensions.insert(Charged(Arc::new(share)));
                     }
                     Err(status) => return Ok(status.into_http()),
                 },
@@ -323,5 +311,10 @@ impl HttpBody for ChargedBody {
     }
 }
 
-/// A share carried in a request's extensions by [`Charging`].
+/// A call's share of the budget, carried from charging to the reply.
 pub type CarriedShare = Arc<BudgetShare>;
+
+/// What [`Charging`] leaves in a Dispatcher request's extensions: the share charged from its
+/// prefix. A request without it (served some other way) is charged by the handler.
+#[derive(Debug, Clone)]
+pub struct Charged(pub CarriedShare);

@@ -1,5 +1,9 @@
-//! The `coprocess.Dispatcher` handlers: `Dispatch` (scan, log, pass through, fit the reply) and
-//! `DispatchEvent` (parse, log, always an empty reply), each measured and traced.
+//! The `coprocess.Dispatcher` handlers, each measured and traced.
+//!
+//! `Dispatch` reads in one direction: scan the Object, hold its bytes in the in-flight budget,
+//! route it through the hooks (charging the copies their decode makes), fit the reply to the
+//! gateway's receive limit, answer. A refusal at any point is a [`CallError`], answered in one
+//! place ([`Refusals`]). `DispatchEvent` parses, logs, and always answers empty.
 
 use std::{borrow::Cow, sync::Arc};
 
@@ -10,16 +14,17 @@ use tracing::Instrument;
 
 use crate::{
     bounds::{self, WarnLimit},
-    charge::CarriedShare,
+    call::{BudgetMoment, CallError, Outcome, Refusals},
+    charge::{CarriedShare, Charged},
     codec::RawMessage,
     event_log,
-    hooks::{Hooks, StepContext, UnknownHooks, decode_selected, fail_closed},
+    hooks::{Answer, Hooks},
     limits::{BudgetShare, InFlightBudget, ReplyPolicy},
-    metrics::{Metrics, Outcome, Rejection},
+    metrics::Metrics,
     object_log, pb,
-    response::{SplicedReplies, SplicedReply},
+    response::{self, SplicedReplies},
     telemetry::{AttrValue, CallSpan, Traces},
-    wire::{self, ObjectSummary},
+    wire::{self, ObjectSummary, WireError},
 };
 
 /// Span name of Dispatch calls (RPC semantic conventions: `service/method`).
@@ -36,12 +41,11 @@ pub struct LogSettings {
     pub objects: bool,
 }
 
-/// One rate limit per kind of per-call warning: a burst of bad calls writes a line a second
-/// per kind, each saying how many were suppressed before it.
+/// One rate limit per kind of per-call warning that is not a refusal (those are
+/// [`Refusals`]'): a burst writes a line a second per kind, each saying how many were
+/// suppressed before it.
 #[derive(Debug, Default)]
 struct Warnings {
-    refused: WarnLimit,
-    malformed: WarnLimit,
     unrecognised_hook_type: WarnLimit,
     object_not_loggable: WarnLimit,
     malformed_event: WarnLimit,
@@ -59,18 +63,7 @@ pub struct Dispatcher {
     metrics: Metrics,
     traces: Traces,
     hooks: Hooks,
-}
-
-/// What a call answered.
-struct Answered {
-    reply: Bytes,
-    outcome: Outcome,
-    response_code: Option<i32>,
-    share: CarriedShare,
-}
-
-fn hook_type_label(raw: i32) -> &'static str {
-    pb::HookType::name_of(raw).unwrap_or("Unknown")
+    refusals: Refusals,
 }
 
 fn rpc_attributes(method: &'static str) -> [(&'static str, AttrValue<'static>); 3] {
@@ -88,7 +81,8 @@ fn log_span(span: &CallSpan) -> tracing::Span {
 }
 
 impl Dispatcher {
-    /// A pass-through Dispatcher.
+    /// A Dispatcher answering with `hooks`, refusing through `refusals`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         log: LogSettings,
         budget: InFlightBudget,
@@ -96,6 +90,7 @@ impl Dispatcher {
         metrics: Metrics,
         traces: Traces,
         hooks: Hooks,
+        refusals: Refusals,
     ) -> Self {
         Self {
             log,
@@ -105,6 +100,7 @@ impl Dispatcher {
             metrics,
             traces,
             hooks,
+            refusals,
         }
     }
 
@@ -116,7 +112,7 @@ impl Dispatcher {
             method,
             (
                 "tyk.hook.type",
-                AttrValue::Str(hook_type_label(summary.hook_type)),
+                AttrValue::Str(pb::HookType::label_of(summary.hook_type)),
             ),
             ("tyk.hook.name", AttrValue::Str(summary.hook_name)),
             ("tyk.api.id", AttrValue::Str(summary.api_id.unwrap_or(""))),
@@ -126,83 +122,84 @@ impl Dispatcher {
         self.traces.start(DISPATCH_SPAN, metadata, &attributes)
     }
 
-    /// Counts and logs (rate-limited) a request that is not a valid Object, wherever that was
-    /// found: the scan, or a hook's decode of a nested field; the answer says what was wrong.
-    fn malformed(&self, request_bytes: usize, err: &dyn std::fmt::Display) -> Status {
-        self.metrics.reject(Rejection::Malformed);
-        if let Some(suppressed) = self.warnings.malformed.permit() {
-            tracing::warn!(
-                request_bytes,
-                error = %err,
-                suppressed,
-                "malformed Object refused"
-            );
-        }
-        Status::invalid_argument(format!("malformed coprocess.Object: {err}"))
+    /// From the scan to the fitted reply; the reply comes with the call's share of the budget,
+    /// held until it has been sent.
+    async fn serve(
+        &self,
+        request: &Bytes,
+        scanned: Result<ObjectSummary<'_>, WireError>,
+        charged: Option<CarriedShare>,
+        span: &CallSpan,
+    ) -> Result<(Answer, CarriedShare), CallError> {
+        let summary = scanned.map_err(|err| CallError::malformed(request.len(), err))?;
+        let share = self.hold(request.len(), charged)?;
+        self.log_call(request, &summary);
+        let routed = self.hooks.route(request, &summary)?;
+        let copies = self.charge_copies(&share, request.len(), routed.copy_bytes())?;
+        let mut answer = routed.run(span).await?;
+        drop(copies);
+        // The decoded Object is gone: what stays is the request and, when the hooks edited it,
+        // the reply, a second buffer held until it is sent.
+        let edited = if answer.is_edit_of(request) {
+            answer.reply.len()
+        } else {
+            0
+        };
+        share.resize(request.len() + edited);
+        answer.reply = self.replies.fit(answer.reply)?.0;
+        Ok((answer, share))
     }
 
-    /// The whole Object, decoded.
-    fn decode(&self, bytes: &Bytes) -> Result<pb::Object, Status> {
-        <pb::Object as prost::Message>::decode(bytes.clone())
-            .map_err(|err| self.malformed(bytes.len(), &err))
+    /// The call's share of the budget: served through `charge::Charging`, the message was
+    /// charged from its prefix already; served any other way it is charged here, once whole.
+    fn hold(
+        &self,
+        request_bytes: usize,
+        charged: Option<CarriedShare>,
+    ) -> Result<CarriedShare, CallError> {
+        match charged {
+            Some(share) => Ok(share),
+            None => self
+                .budget
+                .take(request_bytes)
+                .map(Arc::new)
+                .map_err(|source| CallError::NoBudget {
+                    request_bytes,
+                    moment: BudgetMoment::Whole,
+                    source,
+                }),
+        }
     }
 
     /// Holds `copies` bytes beside the `request` bytes in `share` for copies the call is about
     /// to make: from what was reserved with the message (see `charge`), returning the rest, and
     /// beyond it only if the budget allows (a reload may have added hooks since the call was
-    /// charged); refused (RESOURCE_EXHAUSTED, counted) when it does not. The extra share, if
-    /// any, is returned when dropped.
+    /// charged). The extra share, if any, is returned when dropped.
     fn charge_copies(
         &self,
         share: &BudgetShare,
         request: usize,
         copies: usize,
-    ) -> Result<Option<BudgetShare>, Status> {
+    ) -> Result<Option<BudgetShare>, CallError> {
         let reserved = share.bytes().saturating_sub(request);
         if copies <= reserved {
             share.resize(request + copies);
             return Ok(None);
         }
-        let more = copies - reserved;
-        share.take_more(more).map(Some).inspect_err(|status| {
-            self.metrics.reject(Rejection::InFlightBudget);
-            if let Some(suppressed) = self.warnings.refused.permit() {
-                tracing::warn!(
-                    copy_bytes = more,
-                    reason = status.message(),
-                    suppressed,
-                    "call refused: no budget to decode its Object"
-                );
-            }
-        })
+        let copy_bytes = copies - reserved;
+        share
+            .take_more(copy_bytes)
+            .map(Some)
+            .map_err(|source| CallError::NoBudget {
+                request_bytes: request,
+                moment: BudgetMoment::Copies { copy_bytes },
+                source,
+            })
     }
 
-    /// Everything after the scan: budget, logs, the hook's pipeline, the reply fitted to the
-    /// limit.
-    async fn answer(
-        &self,
-        bytes: &Bytes,
-        summary: &ObjectSummary<'_>,
-        span: &CallSpan,
-        charged: Option<CarriedShare>,
-    ) -> Result<Answered, Status> {
-        // Served through `charge::Charging` the message was charged from its prefix already;
-        // served any other way it is charged here, once it is whole.
-        let share = match charged {
-            Some(share) => share,
-            None => Arc::new(self.budget.take(bytes.len()).inspect_err(|status| {
-                self.metrics.reject(Rejection::InFlightBudget);
-                if let Some(suppressed) = self.warnings.refused.permit() {
-                    tracing::warn!(
-                        request_bytes = bytes.len(),
-                        reason = status.message(),
-                        suppressed,
-                        "call refused"
-                    );
-                }
-            })?),
-        };
-        let hook_type = hook_type_label(summary.hook_type);
+    /// The call's log lines: one per call (or a warning for a hook type the protocol lacks),
+    /// and the Object itself when asked for.
+    fn log_call(&self, request: &Bytes, summary: &ObjectSummary<'_>) {
         let api_id = summary.api_id.unwrap_or("");
         if pb::HookType::name_of(summary.hook_type).is_none() || summary.hook_type == 0 {
             if let Some(suppressed) = self.warnings.unrecognised_hook_type.permit() {
@@ -216,14 +213,14 @@ impl Dispatcher {
             }
         } else if self.log.calls {
             tracing::info!(
-                hook_type,
+                hook_type = pb::HookType::label_of(summary.hook_type),
                 hook_name = &*bounds::log(summary.hook_name),
                 api_id = &*bounds::log(api_id),
                 "dispatch"
             );
         }
         if self.log.objects {
-            match object_log::render(bytes) {
+            match object_log::render(request) {
                 Ok(json) => tracing::info!(
                     hook_name = &*bounds::log(summary.hook_name),
                     object = %json,
@@ -240,105 +237,6 @@ impl Dispatcher {
                 }
             }
         }
-        let (reply, outcome, response_code) = self.run_hook(bytes, summary, span, &share).await?;
-        // The decoded Object is gone: what stays is the request and, when the hook edited it,
-        // the reply, a second buffer held until it is sent.
-        let edited = if reply.as_ptr() == bytes.as_ptr() {
-            0
-        } else {
-            reply.len()
-        };
-        share.resize(bytes.len() + edited);
-        let (reply, _fit) = self.replies.fit(reply).inspect_err(|_| {
-            self.metrics.reject(Rejection::ReplyTooLarge);
-        })?;
-        Ok(Answered {
-            reply,
-            outcome,
-            response_code,
-            share,
-        })
-    }
-
-    /// The hook's pipeline, or the unknown-hook policy; the request's own bytes go back when
-    /// nothing changes.
-    ///
-    /// Decoding makes copies of the Object's strings and maps: the decoded Object is charged to
-    /// the budget (estimated by the bytes it is decoded from; twice that when it is cloned)
-    /// before it is made, refused like any call the budget cannot cover, and returned when the
-    /// hook is done with it.
-    async fn run_hook(
-        &self,
-        bytes: &Bytes,
-        summary: &ObjectSummary<'_>,
-        span: &CallSpan,
-        share: &BudgetShare,
-    ) -> Result<(Bytes, Outcome, Option<i32>), Status> {
-        let table = self.hooks.current();
-        let api_id = summary.api_id.unwrap_or("");
-        let Some(pipeline) = table.find(summary.hook_type, summary.hook_name, api_id) else {
-            // With no hook declared at all this is a pass-through server, not a miss.
-            if !table.is_empty() {
-                self.metrics.unknown_hooks.inc();
-            }
-            if !table.is_empty()
-                && let Some(suppressed) = self
-                    .hooks
-                    .first_unknown(summary.hook_type, summary.hook_name)
-            {
-                tracing::warn!(
-                    hook_type = hook_type_label(summary.hook_type),
-                    hook_name = &*bounds::log(summary.hook_name),
-                    policy = ?table.unknown(),
-                    suppressed,
-                    "no hook declared for this name (warned once)"
-                );
-            }
-            if table.unknown() == UnknownHooks::Pass {
-                share.resize(bytes.len());
-                return Ok((bytes.clone(), Outcome::Unchanged, None));
-            }
-            // The decoded Object and its clone.
-            let _copies = self.charge_copies(share, bytes.len(), 2 * bytes.len())?;
-            let object = self.decode(bytes)?;
-            let mut refused = object.clone();
-            let hook_type = pb::HookType::try_from(summary.hook_type).unwrap_or(pb::HookType::Pre);
-            fail_closed(&mut refused, hook_type);
-            let reply = crate::hooks::reply_bytes(bytes, &object, refused)
-                .map_err(|err| self.malformed(bytes.len(), &err))?
-                .unwrap_or_else(|| bytes.clone());
-            return Ok((reply, Outcome::Failed, None));
-        };
-        let selected = pipeline
-            .select(bytes)
-            .map_err(|err| self.malformed(bytes.len(), &err))?;
-        // The decoded strings and maps, estimated by the bytes they come from; a selection is a
-        // copy of its own, charged with them.
-        let copies = if selected.as_ptr() == bytes.as_ptr() {
-            selected.len()
-        } else {
-            2 * selected.len()
-        };
-        let _copies = self.charge_copies(share, bytes.len(), copies)?;
-        let object = decode_selected(selected).map_err(|err| self.malformed(bytes.len(), &err))?;
-        let config_data = summary
-            .config_data
-            .and_then(|raw| self.hooks.config_data(raw));
-        let cx = StepContext {
-            hook_type: pipeline.hook_type,
-            hook_name: pipeline.name.clone(),
-            api_id: api_id.to_string(),
-            org_id: summary.org_id.unwrap_or("").to_string(),
-            config_data,
-        };
-        let answer = pipeline
-            .run(bytes, object, &cx, &self.metrics, &self.traces, span)
-            .await;
-        Ok((
-            answer.reply.unwrap_or_else(|| bytes.clone()),
-            answer.outcome,
-            answer.response_code,
-        ))
     }
 }
 
@@ -346,60 +244,42 @@ impl Dispatcher {
 impl pb::dispatcher_server::Dispatcher for Dispatcher {
     async fn dispatch(&self, request: Request<RawMessage>) -> Result<Response<RawMessage>, Status> {
         let (metadata, mut extensions, message) = request.into_parts();
-        let charged = extensions.remove::<CarriedShare>();
-        let spliced = extensions.remove::<SplicedReplies>().is_some();
+        let charged = extensions.remove::<Charged>().map(|charged| charged.0);
+        let splice = extensions.remove::<SplicedReplies>().is_some();
         let bytes = message.into_bytes();
         let scanned = wire::scan_object(&bytes);
         let summary = scanned.clone().unwrap_or_default();
         let api_id = summary.api_id.unwrap_or("");
         let series = self.metrics.hook(
             summary.hook_type,
-            hook_type_label(summary.hook_type),
+            pb::HookType::label_of(summary.hook_type),
             summary.hook_name,
         );
         let measure = self.metrics.start_call(series, bytes.len());
         let span = self.start_span(&metadata, &summary);
-        let result = async {
-            match &scanned {
-                Ok(summary) => self.answer(&bytes, summary, &span, charged).await,
-                Err(err) => Err(self.malformed(bytes.len(), err)),
-            }
-        }
-        .instrument(log_span(&span))
-        .await;
+        let served = self
+            .serve(&bytes, scanned, charged, &span)
+            .instrument(log_span(&span))
+            .await;
         let exemplar = span.exemplar();
         let mut span = span;
-        match result {
-            Ok(answered) => {
-                measure.finish(
-                    answered.outcome,
-                    api_id,
-                    Some(answered.reply.len()),
-                    exemplar,
-                );
-                if let Some(code) = answered.response_code {
+        match served {
+            Ok((answer, share)) => {
+                measure.finish(answer.outcome, api_id, Some(answer.reply.len()), exemplar);
+                if let Some(code) = answer.response_code {
                     span.set_attribute(
                         "tyk.return_overrides.response_code",
                         AttrValue::Int(i64::from(code)),
                     );
                 }
-                span.end(answered.outcome.as_str(), Code::Ok);
-                // Served by our own routes, the reply goes out as it is instead of being copied
-                // into tonic's encode buffer (see `response`).
-                let mut response = if spliced {
-                    let mut response = Response::new(RawMessage::default());
-                    response
-                        .extensions_mut()
-                        .insert(SplicedReply(answered.reply));
-                    response
-                } else {
-                    Response::new(RawMessage::new(answered.reply))
-                };
-                // Held until the reply has been sent (see `response`).
-                response.extensions_mut().insert(answered.share);
-                Ok(response)
+                span.end(answer.outcome.as_str(), Code::Ok);
+                Ok(response::dispatch_reply(splice, answer.reply, share))
             }
-            Err(status) => {
+            Err(err) => {
+                let status = {
+                    let _entered = log_span(&span).entered();
+                    self.refusals.refuse(&err)
+                };
                 measure.finish(Outcome::Error, api_id, None, exemplar);
                 span.end(Outcome::Error.as_str(), status.code());
                 Err(status)

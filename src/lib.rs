@@ -4,7 +4,8 @@
 //! - [`app`]: [`App::build`] binds every listener; [`App::run_until_stopped`] serves and drains.
 //! - [`config`]: the configuration tree, its sources (file, env, flags, the gateway's own
 //!   variables) and validation.
-//! - [`dispatcher`]: the `Dispatch`/`DispatchEvent` handlers.
+//! - [`dispatcher`]: the `Dispatch`/`DispatchEvent` handlers: scan, budget, hooks, fit, answer.
+//! - [`call`]: a call's outcome and the errors that refuse it, counted and answered in one place.
 //! - [`bounds`]: request-derived strings cut for logs and spans; rate-limited warnings.
 //! - [`hooks`]: declarative hook pipelines, built-in steps and the step API.
 //! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
@@ -30,6 +31,7 @@
 pub mod admin;
 pub mod app;
 pub mod bounds;
+pub mod call;
 pub mod charge;
 pub mod cli;
 pub mod codec;

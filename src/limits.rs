@@ -6,9 +6,56 @@ use std::sync::{
 };
 
 use bytes::Bytes;
-use tonic::Status;
 
 use crate::{bounds::WarnLimit, config::GATEWAY_DEFAULT_RECV_BYTES, metrics::Metrics, wire};
+
+/// The in-flight budget cannot hold a call, with the figures that say why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BudgetExhausted {
+    /// Over its connection's fair share, while other connections share the budget.
+    #[error(
+        "in-flight budget exhausted: this call needs {bytes} bytes while its connection holds {held} of its fair share of {fair} bytes ({total} bytes (max_in_flight_bytes) shared by {connections} connections, at least max_recv_bytes each)"
+    )]
+    FairShare {
+        /// What the call needs.
+        bytes: usize,
+        /// What its connection holds.
+        held: usize,
+        /// The connection's fair share.
+        fair: usize,
+        /// The whole budget.
+        total: usize,
+        /// Connections sharing it.
+        connections: usize,
+    },
+    /// Over what the whole budget has left.
+    #[error(
+        "in-flight budget exhausted: this call needs {bytes} bytes while {held} of {total} bytes (max_in_flight_bytes) are held by other calls"
+    )]
+    Total {
+        /// What the call needs.
+        bytes: usize,
+        /// What other calls hold.
+        held: usize,
+        /// The whole budget.
+        total: usize,
+    },
+}
+
+/// A reply that cannot be made to fit the gateway's known receive limit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "reply too large: {reply_bytes} bytes{} exceeds the reply limit of {limit} bytes (max_reply_bytes or TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE)",
+    before_dropping.map(|b| format!(" ({b} bytes before dropping the body strings)")).unwrap_or_default()
+)]
+pub struct ReplyTooLarge {
+    /// The reply's size as it would be sent.
+    pub reply_bytes: usize,
+    /// Its size before the body strings were dropped, when they were.
+    pub before_dropping: Option<usize>,
+    /// The limit.
+    pub limit: usize,
+}
 
 /// Bytes of request messages held at once across all calls.
 ///
@@ -58,8 +105,8 @@ impl ConnectionBudget {
     /// Takes `bytes` for a call on this connection, within its fair share and the budget.
     ///
     /// # Errors
-    /// RESOURCE_EXHAUSTED naming the figures, when either cannot hold `bytes` more.
-    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<BudgetShare, Status> {
+    /// The figures, when either cannot hold `bytes` more.
+    pub fn take(self: &Arc<Self>, bytes: usize) -> Result<BudgetShare, BudgetExhausted> {
         let shared = &self.shared;
         // Once per connection: the load keeps the hot path to a read.
         if !self.counted.load(Ordering::Relaxed) && !self.counted.swap(true, Ordering::AcqRel) {
@@ -74,10 +121,13 @@ impl ConnectionBudget {
             // the budget's refusal says more.
             if fair < shared.total && before.saturating_add(bytes) > fair {
                 self.held.fetch_sub(bytes, Ordering::AcqRel);
-                return Err(Status::resource_exhausted(format!(
-                    "in-flight budget exhausted: this call needs {bytes} bytes while its connection holds {before} of its fair share of {fair} bytes ({} bytes (max_in_flight_bytes) shared by {connections} connections, at least max_recv_bytes each)",
-                    shared.total
-                )));
+                return Err(BudgetExhausted::FairShare {
+                    bytes,
+                    held: before,
+                    fair,
+                    total: shared.total,
+                    connections,
+                });
             }
         }
         match take_from(shared, bytes) {
@@ -99,7 +149,7 @@ impl ConnectionBudget {
     }
 }
 
-fn take_from(shared: &Shared, bytes: usize) -> Result<(), Status> {
+fn take_from(shared: &Shared, bytes: usize) -> Result<(), BudgetExhausted> {
     let total = shared.total;
     shared
         .held
@@ -107,11 +157,7 @@ fn take_from(shared: &Shared, bytes: usize) -> Result<(), Status> {
             held.checked_add(bytes).filter(|after| *after <= total)
         })
         .map(|_| ())
-        .map_err(|held| {
-            Status::resource_exhausted(format!(
-                "in-flight budget exhausted: this call needs {bytes} bytes while {held} of {total} bytes (max_in_flight_bytes) are held by other calls"
-            ))
-        })
+        .map_err(|held| BudgetExhausted::Total { bytes, held, total })
 }
 
 /// A share of the budget, returned when dropped. It may grow (never be refused) once the call
@@ -143,8 +189,8 @@ impl BudgetShare {
     /// (within the connection's fair share and the budget).
     ///
     /// # Errors
-    /// RESOURCE_EXHAUSTED naming the figures, when they cannot hold `bytes` more.
-    pub fn take_more(&self, bytes: usize) -> Result<BudgetShare, Status> {
+    /// The figures, when they cannot hold `bytes` more.
+    pub fn take_more(&self, bytes: usize) -> Result<BudgetShare, BudgetExhausted> {
         match &self.connection {
             Some(connection) => connection.take(bytes),
             None => take_from(&self.shared, bytes).map(|()| BudgetShare {
@@ -198,11 +244,11 @@ impl InFlightBudget {
         })
     }
 
-    /// Takes `bytes` from the budget, or refuses with RESOURCE_EXHAUSTED naming the figures.
+    /// Takes `bytes` from the budget.
     ///
     /// # Errors
-    /// When the budget cannot hold `bytes` more.
-    pub fn take(&self, bytes: usize) -> Result<BudgetShare, Status> {
+    /// The figures, when the budget cannot hold `bytes` more.
+    pub fn take(&self, bytes: usize) -> Result<BudgetShare, BudgetExhausted> {
         take_from(&self.shared, bytes).map(|()| BudgetShare {
             shared: self.shared.clone(),
             connection: None,
@@ -237,9 +283,9 @@ pub enum ReplyFit {
 pub struct ReplyPolicy {
     limit: Option<usize>,
     metrics: Metrics,
-    /// Rate limits of the per-call warnings: body strings dropped, over the gateway's default,
-    /// refused as too large.
-    warnings: Arc<[WarnLimit; 3]>,
+    /// Rate limits of the per-call warnings: body strings dropped, over the gateway's default
+    /// (a reply refused as too large is logged with the other refusals, see `call`).
+    warnings: Arc<[WarnLimit; 2]>,
 }
 
 impl ReplyPolicy {
@@ -258,8 +304,8 @@ impl ReplyPolicy {
     /// reply still over it is sent with a warning.
     ///
     /// # Errors
-    /// RESOURCE_EXHAUSTED when a known limit cannot be met.
-    pub fn fit(&self, reply: Bytes) -> Result<(Bytes, ReplyFit), Status> {
+    /// The sizes, when a known limit cannot be met.
+    pub fn fit(&self, reply: Bytes) -> Result<(Bytes, ReplyFit), ReplyTooLarge> {
         let limit = self.limit.unwrap_or(GATEWAY_DEFAULT_RECV_BYTES);
         if reply.len() <= limit {
             return Ok((reply, ReplyFit::AsIs));
@@ -301,37 +347,37 @@ impl ReplyPolicy {
             }
             return Ok((reply, ReplyFit::OverGatewayDefault));
         }
-        if let Some(suppressed) = self.warnings[2].permit() {
-            tracing::warn!(
-                reply_bytes = reply.len(),
-                limit_bytes = limit,
-                suppressed,
-                "reply too large for the gateway's receive limit"
-            );
-        }
-        let before = if fit == ReplyFit::BodyStringsDropped {
-            format!(" ({original} bytes before dropping the body strings)")
-        } else {
-            String::new()
-        };
-        Err(Status::resource_exhausted(format!(
-            "reply too large: {} bytes{before} exceeds the reply limit of {limit} bytes (max_reply_bytes or TYK_GW_COPROCESSOPTIONS_GRPCRECVMAXSIZE)",
-            reply.len()
-        )))
+        Err(ReplyTooLarge {
+            reply_bytes: reply.len(),
+            before_dropping: (fit == ReplyFit::BodyStringsDropped).then_some(original),
+            limit,
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pb;
+    use crate::{
+        call::{BudgetMoment, CallError},
+        pb,
+    };
     use prost::Message;
+
+    /// What a caller is answered when the budget refuses it.
+    fn refused(source: BudgetExhausted) -> tonic::Status {
+        tonic::Status::from(&CallError::NoBudget {
+            request_bytes: 0,
+            moment: BudgetMoment::Whole,
+            source,
+        })
+    }
 
     #[test]
     fn the_budget_refuses_what_does_not_fit_and_returns_shares() {
         let budget = InFlightBudget::new(100, 100);
         let a = budget.take(60).unwrap();
-        let err = budget.take(50).unwrap_err();
+        let err = refused(budget.take(50).unwrap_err());
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(
             err.message()
@@ -366,7 +412,7 @@ mod tests {
         // b has called too: a is held to 100 / 2.
         let _b1 = b.take(10).unwrap();
         let _a1 = a.take(50).unwrap();
-        let err = a.take(1).unwrap_err();
+        let err = refused(a.take(1).unwrap_err());
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(
             err.message().contains(
@@ -378,7 +424,7 @@ mod tests {
         // Three connections: 100 / 3 is below the floor of one largest message.
         let _c1 = c.take(30).unwrap();
         assert_eq!(budget.held(), 90);
-        let err = b.take(25).unwrap_err();
+        let err = refused(b.take(25).unwrap_err());
         assert!(
             err.message().contains("fair share of 33 bytes"),
             "{}",
@@ -428,7 +474,9 @@ mod tests {
     #[test]
     fn a_reply_that_cannot_fit_names_both_sizes() {
         let policy = ReplyPolicy::new(Some(500), Metrics::default());
-        let err = policy.fit(object(&[0xff; 1000], false)).unwrap_err();
+        let err = tonic::Status::from(&CallError::from(
+            policy.fit(object(&[0xff; 1000], false)).unwrap_err(),
+        ));
         assert_eq!(err.code(), tonic::Code::ResourceExhausted);
         assert!(
             err.message()

@@ -130,7 +130,12 @@ pub fn render_object(object: &mut pb::Object) -> Value {
     // pbjson's output for generated types is always serialisable.
     let mut value = serde_json::to_value(&*object).unwrap_or(Value::Null);
     if let Value::Object(root) = &mut value {
-        redact(root, unknown_hook_type, request_bodies.as_ref(), response_bodies.as_ref());
+        redact(
+            root,
+            unknown_hook_type,
+            request_bodies.as_ref(),
+            response_bodies.as_ref(),
+        );
     }
     crate::event_log::cut_strings(&mut value);
     if let Some(raw) = unknown_hook_type {
@@ -295,7 +300,11 @@ mod tests {
         assert_eq!(value["request"]["body"]["bytes"], 12);
         assert_eq!(value["response"]["rawBody"]["bytes"], 17);
         assert_eq!(object, before);
-        assert_eq!(object.request.unwrap().raw_body.as_ptr(), raw_body_at, "moved back, not copied");
+        assert_eq!(
+            object.request.unwrap().raw_body.as_ptr(),
+            raw_body_at,
+            "moved back, not copied"
+        );
     }
 
     #[test]

@@ -22,4 +22,9 @@ impl HookType {
     pub fn name_of(raw: i32) -> Option<&'static str> {
         HookType::try_from(raw).ok().map(|hook| hook.as_str_name())
     }
+
+    /// The label of a raw hook type in metrics, spans and logs: its enum name, or `Unknown`.
+    pub fn label_of(raw: i32) -> &'static str {
+        Self::name_of(raw).unwrap_or("Unknown")
+    }
 }

@@ -6,8 +6,8 @@
 //! A Dispatch reply is spliced in here rather than encoded by tonic: tonic's encoder copies the
 //! message into its own buffer, a second copy of every reply (up to 64 MiB each) that the budget
 //! does not see and the hot path does not need. The handler answers an empty message with the
-//! reply's bytes in [`SplicedReply`]; tonic's frame for the empty message is replaced by the
-//! reply's own 5-byte prefix and then the bytes themselves, uncopied.
+//! reply's bytes in [`HeldReply`] (see [`dispatch_reply`]); tonic's frame for the empty message
+//! is replaced by the reply's own 5-byte prefix and then the bytes themselves, uncopied.
 
 use std::{
     convert::Infallible,
@@ -20,38 +20,64 @@ use std::{
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use prometheus_client::metrics::counter::Counter;
 use tonic::{body::Body, service::Routes};
 use tower::Service;
 
 use crate::{
-    limits::BudgetShare,
+    call::{CallError, Refusals},
+    charge::CarriedShare,
+    codec::RawMessage,
     stream_watch::{self, StreamProgress},
 };
 
 /// tonic's message for a request over `max_decoding_message_size`.
 const TONIC_TOO_LARGE: &str = "Error, decoded message length too large: found ";
 
-/// Put in every request's extensions by [`FinishedRoutes`]: its responses may carry a
-/// [`SplicedReply`].
+/// Put in every request's extensions by [`FinishedRoutes`]: its responses may carry their
+/// reply in [`HeldReply`].
 #[derive(Debug, Clone, Copy)]
 pub struct SplicedReplies;
 
-/// A reply message sent in place of the response's own (empty) message.
+/// What a Dispatch handler leaves in its response's extensions for [`FinishedRoutes`]: the
+/// call's share of the budget, held until the reply has been sent, and the reply itself when it
+/// is spliced in place of the response's own (empty) message.
 #[derive(Debug, Clone)]
-pub struct SplicedReply(pub Bytes);
+pub struct HeldReply {
+    share: CarriedShare,
+    spliced: Option<Bytes>,
+}
+
+/// The response to a Dispatch call: `reply` spliced when the request came through
+/// [`FinishedRoutes`] (`splice`, from [`SplicedReplies`]), encoded by tonic otherwise; `share`
+/// held until the reply has been sent either way.
+pub fn dispatch_reply(
+    splice: bool,
+    reply: Bytes,
+    share: CarriedShare,
+) -> tonic::Response<RawMessage> {
+    let (message, spliced) = if splice {
+        (RawMessage::default(), Some(reply))
+    } else {
+        (RawMessage::new(reply), None)
+    };
+    let mut response = tonic::Response::new(message);
+    response
+        .extensions_mut()
+        .insert(HeldReply { share, spliced });
+    response
+}
 
 /// The gRPC routes with responses finished as described in the module docs.
 #[derive(Debug, Clone)]
 pub struct FinishedRoutes {
     routes: Routes,
-    too_large: Counter,
+    refusals: Refusals,
 }
 
 impl FinishedRoutes {
-    /// Wraps `routes`; `too_large` counts requests refused for size.
-    pub fn new(routes: Routes, too_large: Counter) -> Self {
-        Self { routes, too_large }
+    /// Wraps `routes`; requests tonic refuses for size are counted and logged by `refusals`.
+    pub fn new(routes: Routes, refusals: Refusals) -> Self {
+        Self { routes, refusals }
     }
 }
 
@@ -72,7 +98,7 @@ where
         request.extensions_mut().insert(SplicedReplies);
         Finishing {
             inner: self.routes.call(request),
-            too_large: self.too_large.clone(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -81,7 +107,7 @@ where
 #[derive(Debug)]
 pub struct Finishing<F> {
     inner: F,
-    too_large: Counter,
+    refusals: Refusals,
 }
 
 impl<F> Future for Finishing<F>
@@ -94,16 +120,12 @@ where
         let this = &mut *self;
         Pin::new(&mut this.inner)
             .poll(cx)
-            .map_ok(|response| finish(response, &this.too_large))
+            .map_ok(|response| finish(response, &this.refusals))
     }
 }
 
-fn finish(mut response: Response<Body>, too_large: &Counter) -> Response<Body> {
-    if let Some(share) = response.extensions_mut().remove::<Arc<BudgetShare>>() {
-        let spliced = response
-            .extensions_mut()
-            .remove::<SplicedReply>()
-            .map(|reply| reply.0);
+fn finish(mut response: Response<Body>, refusals: &Refusals) -> Response<Body> {
+    if let Some(HeldReply { share, spliced }) = response.extensions_mut().remove::<HeldReply>() {
         let reply = stream_watch::reply_progress();
         return response.map(|body| {
             Body::new(HoldingBody {
@@ -122,17 +144,14 @@ fn finish(mut response: Response<Body>, too_large: &Counter) -> Response<Body> {
             .map(|m| percent_encoding::percent_decode(m.as_bytes()).decode_utf8_lossy())
             .is_some_and(|m| m.starts_with(TONIC_TOO_LARGE));
     if oversize {
-        too_large.inc();
-        let message = headers
+        let err = headers
             .get("grpc-message")
-            .map(|m| {
-                rephrase_too_large(
-                    &percent_encoding::percent_decode(m.as_bytes()).decode_utf8_lossy(),
-                )
-            })
-            .unwrap_or_default();
-        tracing::warn!(reason = %message, "request refused");
-        let status = tonic::Status::resource_exhausted(message).into_http::<()>();
+            .map(|m| too_large(&percent_encoding::percent_decode(m.as_bytes()).decode_utf8_lossy()))
+            .unwrap_or(CallError::RequestTooLarge {
+                request_bytes: 0,
+                limit: 0,
+            });
+        let status = refusals.refuse(&err).into_http::<()>();
         for name in ["grpc-status", "grpc-message"] {
             if let Some(value) = status.headers().get(name) {
                 headers.insert(name, value.clone());
@@ -142,17 +161,15 @@ fn finish(mut response: Response<Body>, too_large: &Counter) -> Response<Body> {
     response
 }
 
-/// "Error, decoded message length too large: found N bytes, the limit is: M bytes" → ours.
-fn rephrase_too_large(tonic_message: &str) -> String {
-    let numbers: Vec<&str> = tonic_message
+/// "Error, decoded message length too large: found N bytes, the limit is: M bytes" → ours
+/// (0 for a figure tonic did not give).
+fn too_large(tonic_message: &str) -> CallError {
+    let mut numbers = tonic_message
         .split(|c: char| !c.is_ascii_digit())
-        .filter(|part| !part.is_empty())
-        .collect();
-    match numbers.as_slice() {
-        [found, limit, ..] => format!(
-            "request of {found} bytes exceeds the receive limit of {limit} bytes (max_recv_bytes or TYK_GW_COPROCESSOPTIONS_GRPCSENDMAXSIZE)"
-        ),
-        _ => "request exceeds the receive limit (max_recv_bytes)".to_string(),
+        .filter_map(|part| part.parse::<usize>().ok());
+    CallError::RequestTooLarge {
+        request_bytes: numbers.next().unwrap_or(0),
+        limit: numbers.next().unwrap_or(0),
     }
 }
 
@@ -172,7 +189,7 @@ struct HoldingBody {
     /// What is left of a data frame cut into chunks.
     rest: Bytes,
     reply: Option<Arc<StreamProgress>>,
-    _share: Arc<BudgetShare>,
+    _share: CarriedShare,
 }
 
 impl HttpBody for HoldingBody {
@@ -249,7 +266,7 @@ mod tests {
     fn tonics_size_error_is_rephrased_with_both_numbers() {
         let tonic_message = "Error, decoded message length too large: found 102456 bytes, the limit is: 65536 bytes";
         assert_eq!(
-            rephrase_too_large(tonic_message),
+            tonic::Status::from(&too_large(tonic_message)).message(),
             "request of 102456 bytes exceeds the receive limit of 65536 bytes (max_recv_bytes or TYK_GW_COPROCESSOPTIONS_GRPCSENDMAXSIZE)"
         );
     }

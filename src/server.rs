@@ -38,12 +38,10 @@ use crate::{
     charge::{Charger, Charging},
     config::Config,
     dispatcher::Dispatcher,
-    hooks::Hooks,
     hygiene::{AcceptBackoff, HandshakeWatch, MarkCalls},
     lifecycle::{ConnectionGuard, Lifecycle},
-    limits::InFlightBudget,
     listener::{BoundAddr, Listener},
-    metrics::{Metrics, RefusedBy, Rejection, StreamReset, TimedOut},
+    metrics::{Metrics, RefusedBy, StreamReset, TimedOut},
     pb::{self, dispatcher_server::DispatcherServer},
     response::FinishedRoutes,
     stream_watch::StreamExecutor,
@@ -117,15 +115,14 @@ pub struct ConnectionServer {
 }
 
 impl ConnectionServer {
-    /// Applies the HTTP/2 and connection settings of `config`; at most `max_connections`
-    /// connections are open at once.
+    /// Applies the HTTP/2 and connection settings of `config` to `routes`, with Dispatcher
+    /// messages charged by `charger`; at most `max_connections` connections are open at once.
     pub fn new(
         config: &Config,
-        routes: Routes,
-        budget: InFlightBudget,
+        routes: FinishedRoutes,
+        charger: Charger,
         lifecycle: Lifecycle,
         metrics: Metrics,
-        hooks: Hooks,
         max_connections: usize,
     ) -> Self {
         let mut http2 = http2::Builder::new(StreamExecutor::new(
@@ -142,18 +139,9 @@ impl ConnectionServer {
             .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
             .max_local_error_reset_streams(Some(MAX_LOCAL_ERROR_RESET_STREAMS))
             .max_header_list_size(MAX_HEADER_LIST_BYTES);
-        let routes = FinishedRoutes::new(routes, metrics.rejections(Rejection::RequestTooLarge));
-        let charger = Arc::new(Charger::new(
-            budget,
-            config.max_recv_bytes,
-            Duration::from_secs(config.request_progress_timeout_secs),
-            metrics.clone(),
-            hooks,
-            config.log_objects,
-        ));
         Self {
             routes,
-            charger,
+            charger: Arc::new(charger),
             http2,
             lifecycle,
             metrics,

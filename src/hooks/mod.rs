@@ -8,12 +8,14 @@
 //! - `pipeline`: running a hook's steps, failure policy, dry runs.
 //! - `edit`: typed changes → byte-preserving wire edits.
 //! - `parts`: which parts of the Object a hook decodes.
-//! - `table`: routing, reload, `config_data` cache.
+//! - `table`: the hooks in force, reload, `config_data` cache.
+//! - `route`: one call through the hooks: route, size, run, answer.
 
 pub mod config;
 mod edit;
 mod parts;
 mod pipeline;
+mod route;
 pub mod step;
 pub mod steps;
 mod table;
@@ -21,7 +23,8 @@ mod table;
 pub use config::{HookConfig, HookTypeName, OnError, StepConfig, UnknownHooks};
 pub use edit::reply_bytes;
 pub use parts::ObjectParts;
-pub use pipeline::{Answer, Failure, Pipeline, decode_selected, fail_closed};
+pub use pipeline::{Failure, Pipeline, fail_closed};
+pub use route::{Answer, Routed};
 pub use step::{Step, StepContext, StepError, StepOutcome};
 pub use steps::{StepKind, StepRegistry};
 pub use table::{HookTable, Hooks};

@@ -10,9 +10,6 @@ use std::{
     time::Duration,
 };
 
-use prometheus_client::metrics::counter::Counter;
-use prost::Message;
-
 use bytes::Bytes;
 use futures_util::FutureExt;
 
@@ -20,18 +17,21 @@ use super::{
     config::{HookConfig, OnError},
     edit,
     parts::ObjectParts,
+    route::Answer,
     step::{Step, StepContext, StepOutcome},
     steps::StepRegistry,
 };
 use crate::{
+    call::Outcome,
     config::Problem,
-    metrics::{Metrics, Outcome, STEP_OUTCOMES, StepCounters},
+    metrics::{AuthDecision, FailureCounters, Metrics, StepCounters, StepRun},
     pb::{self, HookType},
-    telemetry::{CallSpan, Traces},
+    telemetry::CallSpan,
+    wire::WireError,
 };
 
-/// Why a pipeline failed (in the order of `metrics::FAILURE_REASONS`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a pipeline failed; the `reason` label of `hook_failures`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Failure {
     /// Past the deadline.
     Deadline,
@@ -42,6 +42,14 @@ pub enum Failure {
 }
 
 impl Failure {
+    /// Every reason, in label order.
+    pub const ALL: [Self; 3] = [Self::Deadline, Self::Panic, Self::StepError];
+
+    /// The position in [`Failure::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `reason` label.
     pub fn label(self) -> &'static str {
         match self {
@@ -72,18 +80,7 @@ pub struct Pipeline {
 #[derive(Debug)]
 struct PipelineCounters {
     steps: Vec<StepCounters>,
-    failures: [Counter; 3],
-}
-
-/// What a pipeline answered.
-#[derive(Debug)]
-pub struct Answer {
-    /// The reply, or `None` for the request's own bytes.
-    pub reply: Option<Bytes>,
-    /// The outcome label of the call.
-    pub outcome: Outcome,
-    /// `return_overrides.response_code` when the answer set one.
-    pub response_code: Option<i32>,
+    failures: FailureCounters,
 }
 
 impl Pipeline {
@@ -132,33 +129,23 @@ impl Pipeline {
     ///
     /// # Errors
     /// When `original` is not a valid Object, with the reason.
-    pub fn select(&self, original: &Bytes) -> Result<Bytes, String> {
+    pub fn select(&self, original: &Bytes) -> Result<Bytes, WireError> {
         if self.parts.is_all() {
             return Ok(original.clone());
         }
         let mut selected = Vec::with_capacity(64);
-        self.parts
-            .select(original, &mut selected)
-            .map_err(|err| err.to_string())?;
+        self.parts.select(original, &mut selected)?;
         Ok(selected.into())
     }
 
-    /// The parts of `original` (an encoded Object) that the steps work on, decoded.
-    ///
-    /// # Errors
-    /// When `original` is not a valid Object, with the reason.
-    pub fn decode(&self, original: &Bytes) -> Result<pb::Object, String> {
-        decode_selected(self.select(original)?)
-    }
-
-    /// Runs the steps on `object` (decoded from `original` by [`Pipeline::decode`]).
+    /// Runs the steps on `object` (decoded from what [`Pipeline::select`] chose of
+    /// `original`), each in a child span of `span`, counted in `metrics`.
     pub async fn run(
         &self,
         original: &Bytes,
         object: pb::Object,
         cx: &StepContext,
         metrics: &Metrics,
-        traces: &Traces,
         span: &CallSpan,
     ) -> Answer {
         let counters = self.counters(metrics);
@@ -167,7 +154,7 @@ impl Pipeline {
         let mut outcome = Outcome::Unchanged;
         let run = async {
             for (index, step) in self.steps.iter().enumerate() {
-                let step_span = traces.start_child(span, step.kind());
+                let step_span = span.child(step.kind());
                 let result = AssertUnwindSafe(step.run(&mut object, cx))
                     .catch_unwind()
                     .await;
@@ -177,40 +164,20 @@ impl Pipeline {
                 };
                 match result {
                     Ok(step_outcome) => {
-                        let label = step_outcome.label();
-                        if let Some(i) = STEP_OUTCOMES.iter().position(|o| *o == label) {
-                            counters.steps[index].runs[i].inc();
+                        let run = StepRun::from(step_outcome);
+                        counters.steps[index].ran(run);
+                        if let Some(decision) = AuthDecision::of(step_outcome) {
+                            counters.steps[index].decided(decision);
                         }
-                        match step_outcome {
-                            StepOutcome::Allowed => {
-                                if let Some(auth) = &counters.steps[index].auth {
-                                    auth[0].inc();
-                                }
-                            }
-                            StepOutcome::Denied => {
-                                if let Some(auth) = &counters.steps[index].auth {
-                                    auth[1].inc();
-                                }
-                            }
-                            _ => {}
-                        }
-                        step_span.end_step(label);
-                        match step_outcome {
-                            StepOutcome::Modified | StepOutcome::Allowed
-                                if outcome == Outcome::Unchanged =>
-                            {
-                                outcome = Outcome::Modified;
-                            }
-                            StepOutcome::Responded | StepOutcome::Denied => {
-                                outcome = Outcome::Responded;
-                                break;
-                            }
-                            _ => {}
+                        step_span.end_step(run.as_str());
+                        outcome = call_outcome(outcome, step_outcome);
+                        if step_outcome.stops() {
+                            break;
                         }
                     }
                     Err((failure, message)) => {
-                        counters.steps[index].runs[3].inc();
-                        step_span.end_step("failed");
+                        counters.steps[index].ran(StepRun::Failed);
+                        step_span.end_step(StepRun::Failed.as_str());
                         return Err((failure, message));
                     }
                 }
@@ -239,30 +206,16 @@ impl Pipeline {
             Ok(()) if self.dry_run => {
                 let changed = before != object;
                 tracing::info!(hook_name = %self.name, would_change = changed, would_answer = ?outcome, "dry run: original Object sent back");
-                Answer {
-                    reply: None,
-                    outcome: Outcome::Unchanged,
-                    response_code: None,
-                }
+                Answer::unchanged(original, Outcome::Unchanged)
             }
-            Ok(()) => self.answer(original, &before, object, outcome),
+            Ok(()) => answer_with(original, &before, object, outcome, self.hook_type),
             Err((failure, message)) => {
-                counters.failures[failure as usize].inc();
+                counters.failures[failure.index()].inc();
                 // A step's message may quote what the request sent: cut like any request string.
                 tracing::warn!(hook_name = %self.name, reason = failure.label(), error = &*crate::bounds::log(&message), on_error = ?self.on_error, "hook failed");
                 match self.on_error {
-                    OnError::FailOpen => Answer {
-                        reply: None,
-                        outcome: Outcome::Failed,
-                        response_code: None,
-                    },
-                    OnError::FailClosed => {
-                        let mut failed = before.clone();
-                        fail_closed(&mut failed, self.hook_type);
-                        let mut answer = self.answer(original, &before, failed, Outcome::Failed);
-                        answer.outcome = Outcome::Failed;
-                        answer
-                    }
+                    OnError::FailOpen => Answer::unchanged(original, Outcome::Failed),
+                    OnError::FailClosed => fail_closed_answer(original, &before, self.hook_type),
                 }
             }
         }
@@ -290,40 +243,65 @@ impl Pipeline {
             &self.name,
         );
     }
+}
 
-    fn answer(
-        &self,
-        original: &Bytes,
-        before: &pb::Object,
-        after: pb::Object,
-        outcome: Outcome,
-    ) -> Answer {
-        let response_code = after
-            .request
-            .as_ref()
-            .and_then(|r| r.return_overrides.as_ref())
-            .map(|o| o.response_code)
-            .filter(|code| *code > 0 && self.hook_type != HookType::Response);
-        match edit::reply_bytes(original, before, after) {
-            Ok(reply) => Answer {
-                outcome: if reply.is_none() {
-                    Outcome::Unchanged
-                } else {
-                    outcome
-                },
-                reply,
-                response_code,
-            },
-            // The original was scanned before: it is well framed.
-            Err(err) => {
-                tracing::error!(error = %err, "could not edit the Object; sent back unchanged");
-                Answer {
-                    reply: None,
-                    outcome: Outcome::Failed,
-                    response_code: None,
-                }
-            }
+/// The answer for `after`, the steps' work on `before` (decoded from `original`): the original
+/// edited where they differ, or the original itself when nothing changed.
+fn answer_with(
+    original: &Bytes,
+    before: &pb::Object,
+    after: pb::Object,
+    outcome: Outcome,
+    hook_type: HookType,
+) -> Answer {
+    let response_code = after
+        .request
+        .as_ref()
+        .and_then(|r| r.return_overrides.as_ref())
+        .map(|o| o.response_code)
+        .filter(|code| *code > 0 && hook_type != HookType::Response);
+    match edit::reply_bytes(original, before, after) {
+        Ok(Some(edited)) => Answer {
+            reply: edited,
+            outcome,
+            response_code,
+        },
+        Ok(None) => Answer {
+            reply: original.clone(),
+            outcome: Outcome::Unchanged,
+            response_code,
+        },
+        // The original was scanned before: it is well framed.
+        Err(err) => {
+            tracing::error!(error = %err, "could not edit the Object; sent back unchanged");
+            Answer::unchanged(original, Outcome::Failed)
         }
+    }
+}
+
+/// The `fail_closed` answer for a call of `hook_type` whose Object is `before` (decoded from
+/// `original`): a failed hook's, and an undeclared hook's under `unknown_hooks = fail_closed`.
+pub(super) fn fail_closed_answer(
+    original: &Bytes,
+    before: &pb::Object,
+    hook_type: HookType,
+) -> Answer {
+    let mut failed = before.clone();
+    fail_closed(&mut failed, hook_type);
+    let mut answer = answer_with(original, before, failed, Outcome::Failed, hook_type);
+    answer.outcome = Outcome::Failed;
+    answer
+}
+
+/// The call's outcome so far, after a step that ended `step`: a change makes an unchanged call
+/// modified; an answer (or a refusal) makes it responded.
+fn call_outcome(so_far: Outcome, step: StepOutcome) -> Outcome {
+    match step {
+        StepOutcome::Modified | StepOutcome::Allowed if so_far == Outcome::Unchanged => {
+            Outcome::Modified
+        }
+        StepOutcome::Responded | StepOutcome::Denied => Outcome::Responded,
+        _ => so_far,
     }
 }
 
@@ -350,13 +328,4 @@ pub fn fail_closed(object: &mut pb::Object, hook_type: HookType) {
         }
         _ => super::steps::respond_to_request(object, 503, FAILED_BODY, &headers, true),
     }
-}
-
-/// An Object decoded from [`Pipeline::select`]'s bytes (bytes fields share them; strings and
-/// maps are copies).
-///
-/// # Errors
-/// When `selected` is not a valid Object, with the reason.
-pub fn decode_selected(selected: Bytes) -> Result<pb::Object, String> {
-    pb::Object::decode(selected).map_err(|err| err.to_string())
 }

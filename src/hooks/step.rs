@@ -24,11 +24,7 @@ pub enum StepOutcome {
 impl StepOutcome {
     /// The `outcome` label of step metrics and spans.
     pub fn label(self) -> &'static str {
-        match self {
-            Self::Unchanged => "unchanged",
-            Self::Modified | Self::Allowed => "modified",
-            Self::Responded | Self::Denied => "responded",
-        }
+        crate::metrics::StepRun::from(self).as_str()
     }
 
     /// Whether the pipeline stops after this step.

@@ -10,7 +10,7 @@ use crate::bounds::{self, WarnLimit};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Problem;
+use crate::{config::Problem, metrics::Metrics};
 
 use super::{
     config::{HookConfig, UnknownHooks},
@@ -118,7 +118,7 @@ impl HookTable {
     }
 
     /// Creates every pipeline's metric series, so they start at zero.
-    pub fn prepare_metrics(&self, metrics: &crate::metrics::Metrics) {
+    pub fn prepare_metrics(&self, metrics: &Metrics) {
         for by_name in self.by_type.values() {
             for entries in by_name.values() {
                 for (_, pipeline) in entries {
@@ -155,17 +155,21 @@ struct ConfigDataCache {
 pub struct Hooks {
     table: Arc<ArcSwap<HookTable>>,
     registry: Arc<StepRegistry>,
+    metrics: Metrics,
     warned_unknown: Arc<Mutex<WarnedUnknown>>,
     unknown_warnings: Arc<WarnLimit>,
     config_data: Arc<RwLock<ConfigDataCache>>,
 }
 
 impl Hooks {
-    /// Hooks from a built table.
-    pub fn new(table: HookTable, registry: Arc<StepRegistry>) -> Self {
+    /// Hooks from a built table, counted in `metrics` (each pipeline's series created now, so
+    /// they start at zero).
+    pub fn new(table: HookTable, registry: Arc<StepRegistry>, metrics: Metrics) -> Self {
+        table.prepare_metrics(&metrics);
         Self {
             table: Arc::new(ArcSwap::from_pointee(table)),
             registry,
+            metrics,
             warned_unknown: Arc::default(),
             unknown_warnings: Arc::default(),
             config_data: Arc::default(),
@@ -184,13 +188,25 @@ impl Hooks {
         self.table.load_full()
     }
 
+    /// The table in force, borrowed for the length of one call's routing.
+    pub(super) fn table(&self) -> arc_swap::Guard<Arc<HookTable>> {
+        self.table.load()
+    }
+
+    /// Where the hooks are counted.
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The registry that builds steps.
     pub fn registry(&self) -> &StepRegistry {
         &self.registry
     }
 
-    /// Puts a new table in force; calls already running finish with the old one.
+    /// Puts a new table in force (its series created first); calls already running finish
+    /// with the old one.
     pub fn replace(&self, table: HookTable) {
+        table.prepare_metrics(&self.metrics);
         self.table.store(Arc::new(table));
     }
 
@@ -330,7 +346,11 @@ mod tests {
 
     #[test]
     fn config_data_is_parsed_once_per_value() {
-        let hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let hooks = Hooks::new(
+            HookTable::default(),
+            Arc::new(StepRegistry::builtin()),
+            Metrics::default(),
+        );
         let a = hooks.config_data("{\"x\":1}").unwrap();
         let b = hooks.config_data("{\"x\":1}").unwrap();
         assert!(Arc::ptr_eq(&a, &b));
@@ -339,7 +359,11 @@ mod tests {
 
     #[test]
     fn the_config_data_cache_stays_within_its_byte_bound() {
-        let hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let hooks = Hooks::new(
+            HookTable::default(),
+            Arc::new(StepRegistry::builtin()),
+            Metrics::default(),
+        );
         let padding = "p".repeat(60 << 10);
         for i in 0..200 {
             let raw = format!("{{\"i\":{i},\"pad\":\"{padding}\"}}");
@@ -359,7 +383,11 @@ mod tests {
 
     #[test]
     fn config_data_over_the_entry_bound_is_parsed_but_not_kept() {
-        let hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let hooks = Hooks::new(
+            HookTable::default(),
+            Arc::new(StepRegistry::builtin()),
+            Metrics::default(),
+        );
         let big = format!(
             "{{\"team\":\"a\",\"pad\":\"{}\"}}",
             "p".repeat(CONFIG_DATA_ENTRY_BYTES)
@@ -372,7 +400,11 @@ mod tests {
 
     #[test]
     fn unknown_names_are_warned_once_rate_limited_and_kept_within_bytes() {
-        let mut hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let mut hooks = Hooks::new(
+            HookTable::default(),
+            Arc::new(StepRegistry::builtin()),
+            Metrics::default(),
+        );
         hooks.unknown_warnings = Arc::new(WarnLimit::new(std::time::Duration::from_secs(3600), 1));
         assert_eq!(hooks.first_unknown(1, "a"), Some(0));
         assert_eq!(hooks.first_unknown(1, "a"), None, "warned once");
@@ -383,7 +415,11 @@ mod tests {
 
         // Many distinct long names, with no rate limit in the way: each is held by the prefix
         // a warning shows, and the set starts over before it passes its bound.
-        let mut hooks = Hooks::new(HookTable::default(), Arc::new(StepRegistry::builtin()));
+        let mut hooks = Hooks::new(
+            HookTable::default(),
+            Arc::new(StepRegistry::builtin()),
+            Metrics::default(),
+        );
         hooks.unknown_warnings = Arc::new(WarnLimit::new(std::time::Duration::ZERO, 1));
         let mut most = 0;
         for i in 0..1000 {

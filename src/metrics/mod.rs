@@ -6,6 +6,7 @@
 //! number, or longer than [`MAX_LABEL_VALUE_BYTES`], count as `other`. The per-hook series are
 //! built once and cached, so the Dispatch hot path only increments.
 
+mod labels;
 mod process;
 
 use std::{
@@ -15,7 +16,7 @@ use std::{
 };
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, LabelSetEncoder, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelSetEncoder, text::encode},
     metrics::{
         counter::Counter,
         exemplar::HistogramWithExemplars,
@@ -27,117 +28,12 @@ use prometheus_client::{
     registry::Registry,
 };
 
+pub use labels::{
+    AuthDecision, RefusedBy, Rejection, ReloadResult, StepRun, StreamReset, TimedOut,
+};
 pub use process::{ProcessCollector, Reading};
 
-/// How a Dispatch call ended, as the `outcome` label says it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// The Object went back as it came.
-    Unchanged,
-    /// The Object went back changed.
-    Modified,
-    /// A hook ended the request (a response code, or authentication refused).
-    Responded,
-    /// A plugin step failed and its `on_error` policy answered.
-    Failed,
-    /// The call failed with a non-OK gRPC status.
-    Error,
-}
-
-impl Outcome {
-    const ALL: [Outcome; 5] = [
-        Outcome::Unchanged,
-        Outcome::Modified,
-        Outcome::Responded,
-        Outcome::Failed,
-        Outcome::Error,
-    ];
-
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Unchanged => "unchanged",
-            Self::Modified => "modified",
-            Self::Responded => "responded",
-            Self::Failed => "failed",
-            Self::Error => "error",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Why a call was refused before any hook ran; the `reason` label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Rejection {
-    /// Over the in-flight byte budget.
-    InFlightBudget,
-    /// Not a well-formed message.
-    Malformed,
-    /// Reply over the known limit even without body strings.
-    ReplyTooLarge,
-    /// Request over the receive limit.
-    RequestTooLarge,
-}
-
-/// Which cap refused a connection; the `reason` label of `connections_refused`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefusedBy {
-    /// `max_connections`, on a gRPC listener.
-    MaxConnections,
-    /// `admin_max_connections`, on the admin port.
-    AdminMaxConnections,
-}
-
-impl RefusedBy {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::MaxConnections => "max_connections",
-            Self::AdminMaxConnections => "admin_max_connections",
-        }
-    }
-}
-
-/// Why a gRPC connection was closed by a timer; the `reason` label of `connections_timed_out`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimedOut {
-    /// TLS and HTTP/2 handshake not finished within `handshake_timeout_secs`.
-    Handshake,
-    /// No call within `idle_timeout_secs`.
-    Idle,
-}
-
-impl TimedOut {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Handshake => "handshake",
-            Self::Idle => "idle",
-        }
-    }
-}
-
-/// Why the server reset one call's stream; the `reason` label of `streams_reset`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StreamReset {
-    /// The request body made no progress for `request_progress_timeout_secs`.
-    RequestProgress,
-    /// The reply made no send progress for `reply_progress_timeout_secs`.
-    ReplyProgress,
-}
-
-impl StreamReset {
-    /// The label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::RequestProgress => "request_progress",
-            Self::ReplyProgress => "reply_progress",
-        }
-    }
-}
+use crate::{call::Outcome, hooks::Failure};
 
 /// Longest hook name or API ID (in bytes) that becomes a label value; longer ones count as
 /// `other`. The count cap alone bounds series, not bytes: 200 distinct 64 KiB names made one
@@ -206,7 +102,7 @@ struct DispatchLabels {
     hook_type: &'static str,
     hook_name: String,
     api_id: Option<String>,
-    outcome: &'static str,
+    outcome: Outcome,
 }
 
 impl EncodeLabelSet for DispatchLabels {
@@ -232,49 +128,68 @@ struct HookTypeLabel {
     hook_type: &'static str,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
+/// A `reason` label of any of the reason enums.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+struct Reason<R>(R);
+
+impl<R: EncodeLabelValue + Copy> EncodeLabelSet for Reason<R> {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("reason", self.0).encode(encoder.encode_label())
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
     hook_name: String,
     step: String,
-    outcome: &'static str,
+    outcome: StepRun,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     hook_name: String,
     step: String,
-    decision: &'static str,
+    decision: AuthDecision,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct FailureLabels {
     hook_name: String,
-    reason: &'static str,
+    reason: Failure,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
-    result: &'static str,
+    result: ReloadResult,
 }
 
 /// The counters of one step of one hook, built once per pipeline.
 #[derive(Debug, Clone)]
 pub struct StepCounters {
-    /// Runs by outcome: unchanged, modified, responded, failed.
-    pub runs: [Counter; 4],
-    /// Authentication decisions (allowed, denied), for steps that authenticate.
-    pub auth: Option<[Counter; 2]>,
+    /// Runs by outcome, indexed by [`StepRun::index`].
+    runs: [Counter; StepRun::ALL.len()],
+    /// Authentication decisions, indexed by [`AuthDecision::index`], for steps that
+    /// authenticate.
+    auth: Option<[Counter; AuthDecision::ALL.len()]>,
 }
 
-/// Step outcome labels, in the order of [`StepCounters::runs`].
-pub const STEP_OUTCOMES: [&str; 4] = ["unchanged", "modified", "responded", "failed"];
-/// Hook failure reasons, in the order of [`Metrics::hook_failure_counters`].
-pub const FAILURE_REASONS: [&str; 3] = ["deadline", "panic", "error"];
+impl StepCounters {
+    /// Counts a run that ended `run`.
+    pub fn ran(&self, run: StepRun) {
+        self.runs[run.index()].inc();
+    }
+
+    /// Counts an authentication decision (ignored for a step that does not authenticate).
+    pub fn decided(&self, decision: AuthDecision) {
+        if let Some(auth) = &self.auth {
+            auth[decision.index()].inc();
+        }
+    }
+}
+
+/// The failure counters of one hook, indexed by [`Failure::index`].
+pub type FailureCounters = [Counter; Failure::ALL.len()];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
@@ -328,7 +243,7 @@ pub struct Metrics {
     request_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
     reply_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
     hooks: Arc<[HookSeriesByName; 7]>,
-    rejected: Family<ReasonLabels, Counter>,
+    rejected: Family<Reason<Rejection>, Counter>,
     events: Family<EventLabels, Counter>,
     step_runs: Family<StepLabels, Counter>,
     auth_decisions: Family<AuthLabels, Counter>,
@@ -346,9 +261,9 @@ pub struct Metrics {
     pub connections: Gauge,
     /// Client connections accepted since start.
     pub connections_accepted: Counter,
-    connections_refused: Family<ReasonLabels, Counter>,
-    connections_timed_out: Family<ReasonLabels, Counter>,
-    streams_reset: Family<ReasonLabels, Counter>,
+    connections_refused: Family<Reason<RefusedBy>, Counter>,
+    connections_timed_out: Family<Reason<TimedOut>, Counter>,
+    streams_reset: Family<Reason<StreamReset>, Counter>,
     /// DispatchEvent payloads that were not JSON.
     pub events_unparsable: Counter,
     /// Spans handed to the exporter and accepted by the collector.
@@ -407,7 +322,7 @@ impl Metrics {
             "DispatchEvent calls by Tyk event type",
             events.clone(),
         );
-        let rejected = Family::<ReasonLabels, Counter>::default();
+        let rejected = Family::default();
         registry.register(
             "rejected_calls",
             "Calls refused before any hook ran, by reason",
@@ -437,39 +352,27 @@ impl Metrics {
             "gRPC client connections accepted since start",
             connections_accepted.clone(),
         );
-        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let connections_refused = Family::default();
         registry.register(
             "connections_refused",
             "Connections accepted and closed at once because a connection cap was reached, by cap",
             connections_refused.clone(),
         );
-        let connections_timed_out = Family::<ReasonLabels, Counter>::default();
+        let connections_timed_out = Family::default();
         registry.register(
             "connections_timed_out",
             "gRPC connections closed for not finishing their handshake or making no call in time, by reason",
             connections_timed_out.clone(),
         );
-        for reason in [RefusedBy::MaxConnections, RefusedBy::AdminMaxConnections] {
-            let _ = connections_refused.get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            });
-        }
-        for reason in [TimedOut::Handshake, TimedOut::Idle] {
-            let _ = connections_timed_out.get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            });
-        }
-        let streams_reset = Family::<ReasonLabels, Counter>::default();
+        every_reason(&connections_refused, RefusedBy::ALL);
+        every_reason(&connections_timed_out, TimedOut::ALL);
+        let streams_reset = Family::default();
         registry.register(
             "streams_reset",
             "Dispatcher calls whose stream was reset because its request or its reply made no progress in time, by reason",
             streams_reset.clone(),
         );
-        for reason in [StreamReset::RequestProgress, StreamReset::ReplyProgress] {
-            let _ = streams_reset.get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            });
-        }
+        every_reason(&streams_reset, StreamReset::ALL);
         let events_unparsable = Counter::default();
         registry.register(
             "events_unparsable",
@@ -518,7 +421,7 @@ impl Metrics {
             "Hook configuration reloads by result",
             config_reloads.clone(),
         );
-        for result in ["success", "failure"] {
+        for &result in ReloadResult::ALL {
             let _ = config_reloads.get_or_create(&ResultLabels { result });
         }
         registry.register(
@@ -529,15 +432,7 @@ impl Metrics {
                 ("protocol", crate::pb::PROTOCOL_VERSION),
             ]),
         );
-        // Every reason exists from the start, so rate() sees its first increment.
-        for reason in [
-            "in_flight_budget",
-            "malformed",
-            "reply_too_large",
-            "request_too_large",
-        ] {
-            let _ = rejected.get_or_create(&ReasonLabels { reason });
-        }
+        every_reason(&rejected, Rejection::ALL);
         Self {
             registry: Arc::new(root),
             settings: Arc::new(settings),
@@ -574,7 +469,7 @@ impl Metrics {
                     hook_type,
                     hook_name: hook_name.to_string(),
                     api_id: api_id.map(str::to_string),
-                    outcome: outcome.as_str(),
+                    outcome,
                 })
                 .clone()
         })
@@ -682,29 +577,19 @@ impl Metrics {
 
     /// The counter of connections refused because `cap` was reached.
     pub fn connections_refused(&self, cap: RefusedBy) -> Counter {
-        self.connections_refused
-            .get_or_create(&ReasonLabels {
-                reason: cap.as_str(),
-            })
-            .clone()
+        self.connections_refused.get_or_create(&Reason(cap)).clone()
     }
 
     /// The counter of gRPC connections closed for `reason`.
     pub fn connections_timed_out(&self, reason: TimedOut) -> Counter {
         self.connections_timed_out
-            .get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            })
+            .get_or_create(&Reason(reason))
             .clone()
     }
 
     /// The counter of streams reset for `reason`.
     pub fn streams_reset(&self, reason: StreamReset) -> Counter {
-        self.streams_reset
-            .get_or_create(&ReasonLabels {
-                reason: reason.as_str(),
-            })
-            .clone()
+        self.streams_reset.get_or_create(&Reason(reason)).clone()
     }
 
     /// Counts a call refused for `reason`.
@@ -714,15 +599,7 @@ impl Metrics {
 
     /// The counter of calls refused for `reason`.
     pub fn rejections(&self, reason: Rejection) -> Counter {
-        let reason = match reason {
-            Rejection::InFlightBudget => "in_flight_budget",
-            Rejection::Malformed => "malformed",
-            Rejection::ReplyTooLarge => "reply_too_large",
-            Rejection::RequestTooLarge => "request_too_large",
-        };
-        self.rejected
-            .get_or_create(&ReasonLabels { reason })
-            .clone()
+        self.rejected.get_or_create(&Reason(reason)).clone()
     }
 
     /// The counters of one step of one hook.
@@ -730,22 +607,22 @@ impl Metrics {
     /// decision series).
     pub fn step_counters(&self, hook_name: &str, step: &str, authenticates: bool) -> StepCounters {
         StepCounters {
-            runs: STEP_OUTCOMES.map(|outcome| {
+            runs: std::array::from_fn(|i| {
                 self.step_runs
                     .get_or_create(&StepLabels {
                         hook_name: hook_name.to_string(),
                         step: step.to_string(),
-                        outcome,
+                        outcome: StepRun::ALL[i],
                     })
                     .clone()
             }),
             auth: authenticates.then(|| {
-                ["allowed", "denied"].map(|decision| {
+                std::array::from_fn(|i| {
                     self.auth_decisions
                         .get_or_create(&AuthLabels {
                             hook_name: hook_name.to_string(),
                             step: step.to_string(),
-                            decision,
+                            decision: AuthDecision::ALL[i],
                         })
                         .clone()
                 })
@@ -753,13 +630,13 @@ impl Metrics {
         }
     }
 
-    /// The failure counters of one hook, by [`FAILURE_REASONS`].
-    pub fn hook_failure_counters(&self, hook_name: &str) -> [Counter; 3] {
-        FAILURE_REASONS.map(|reason| {
+    /// The failure counters of one hook.
+    pub fn hook_failure_counters(&self, hook_name: &str) -> FailureCounters {
+        std::array::from_fn(|i| {
             self.hook_failures
                 .get_or_create(&FailureLabels {
                     hook_name: hook_name.to_string(),
-                    reason,
+                    reason: Failure::ALL[i],
                 })
                 .clone()
         })
@@ -767,7 +644,11 @@ impl Metrics {
 
     /// Counts a hook configuration reload.
     pub fn config_reload(&self, success: bool) {
-        let result = if success { "success" } else { "failure" };
+        let result = if success {
+            ReloadResult::Success
+        } else {
+            ReloadResult::Failure
+        };
         self.config_reloads
             .get_or_create(&ResultLabels { result })
             .inc();
@@ -788,6 +669,16 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// Creates the series of every reason now, so `rate()` sees a reason's first increment.
+fn every_reason<R: EncodeLabelValue + Copy + Eq + std::hash::Hash + std::fmt::Debug>(
+    family: &Family<Reason<R>, Counter>,
+    reasons: &[R],
+) {
+    for &reason in reasons {
+        let _ = family.get_or_create(&Reason(reason));
     }
 }
 

@@ -339,52 +339,6 @@ impl Traces {
         }
     }
 
-    /// Starts the span of one plugin step, child of the call's span (recorded only when the call
-    /// is).
-    pub fn start_child(&self, parent: &CallSpan, step_kind: &str) -> CallSpan {
-        let Some(parent_recording) = &parent.recording else {
-            return CallSpan {
-                context: parent.context.clone(),
-                recording: None,
-            };
-        };
-        let trace_id = parent.context.trace_id();
-        let span_id = random_span_id();
-        let mut body = Vec::with_capacity(256);
-        put_len_record(&mut body, field::TRACE_ID, &trace_id.to_bytes());
-        put_len_record(&mut body, field::SPAN_ID, &span_id.to_bytes());
-        put_len_record(
-            &mut body,
-            field::PARENT_SPAN_ID,
-            &parent.context.span_id().to_bytes(),
-        );
-        const PREFIX: &str = "step ";
-        put_len_prefix(&mut body, field::NAME, PREFIX.len() + step_kind.len());
-        body.extend_from_slice(PREFIX.as_bytes());
-        body.extend_from_slice(step_kind.as_bytes());
-        otlp::put_varint_field(&mut body, field::KIND, field::KIND_INTERNAL);
-        otlp::put_fixed64(&mut body, field::START_TIME, unix_nanos());
-        otlp::put_attribute(
-            &mut body,
-            field::ATTRIBUTES,
-            "tyk.step.kind",
-            AttrValue::Str(step_kind),
-        );
-        CallSpan {
-            context: SpanContext::new(
-                trace_id,
-                span_id,
-                TraceFlags::SAMPLED,
-                false,
-                TraceState::default(),
-            ),
-            recording: Some(Recording {
-                body,
-                sink: parent_recording.sink.clone(),
-            }),
-        }
-    }
-
     /// Exports what is queued and stops exporting, waiting at most `timeout`.
     pub async fn shutdown(&self, timeout: Duration) {
         if let Some(export) = &self.export
@@ -502,6 +456,53 @@ impl CallSpan {
                 key,
                 span_value(value),
             );
+        }
+    }
+
+    /// Starts the span of one plugin step, child of the call's span (recorded only when the call
+    /// is).
+    pub fn child(&self, step_kind: &str) -> CallSpan {
+        let parent = self;
+        let Some(parent_recording) = &parent.recording else {
+            return CallSpan {
+                context: parent.context.clone(),
+                recording: None,
+            };
+        };
+        let trace_id = parent.context.trace_id();
+        let span_id = random_span_id();
+        let mut body = Vec::with_capacity(256);
+        put_len_record(&mut body, field::TRACE_ID, &trace_id.to_bytes());
+        put_len_record(&mut body, field::SPAN_ID, &span_id.to_bytes());
+        put_len_record(
+            &mut body,
+            field::PARENT_SPAN_ID,
+            &parent.context.span_id().to_bytes(),
+        );
+        const PREFIX: &str = "step ";
+        put_len_prefix(&mut body, field::NAME, PREFIX.len() + step_kind.len());
+        body.extend_from_slice(PREFIX.as_bytes());
+        body.extend_from_slice(step_kind.as_bytes());
+        otlp::put_varint_field(&mut body, field::KIND, field::KIND_INTERNAL);
+        otlp::put_fixed64(&mut body, field::START_TIME, unix_nanos());
+        otlp::put_attribute(
+            &mut body,
+            field::ATTRIBUTES,
+            "tyk.step.kind",
+            AttrValue::Str(step_kind),
+        );
+        CallSpan {
+            context: SpanContext::new(
+                trace_id,
+                span_id,
+                TraceFlags::SAMPLED,
+                false,
+                TraceState::default(),
+            ),
+            recording: Some(Recording {
+                body,
+                sink: parent_recording.sink.clone(),
+            }),
         }
     }
 
