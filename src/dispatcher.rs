@@ -304,7 +304,7 @@ impl pb::dispatcher_server::Dispatcher for Dispatcher {
                 Ok(payload) => log_event(payload, &self.metrics, &self.warnings, self.log.objects),
                 Err(err) => {
                     // Still answered: the gateway only logs event errors.
-                    self.metrics.events_unparsable.inc();
+                    self.metrics.events.unparsable.inc();
                     self.metrics.event(None);
                     if let Some(suppressed) = self.warnings.malformed_event.permit() {
                         tracing::warn!(
@@ -362,7 +362,7 @@ fn log_event(
     log_objects: bool,
 ) -> Option<String> {
     if payload.is_empty() {
-        metrics.events_unparsable.inc();
+        metrics.events.unparsable.inc();
         metrics.event(None);
         if let Some(suppressed) = warnings.empty_event.permit() {
             tracing::warn!(payload_bytes = 0, suppressed, "event payload is empty");
@@ -389,7 +389,7 @@ fn log_event(
             event_type.map(str::to_string)
         }
         Err(err) => {
-            metrics.events_unparsable.inc();
+            metrics.events.unparsable.inc();
             metrics.event(None);
             // Not serde's text: a `data` error quotes the value it choked on, e.g. a key
             // sent where an object was expected.

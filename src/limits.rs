@@ -313,7 +313,7 @@ impl ReplyPolicy {
         let original = reply.len();
         let reply = match wire::drop_body_strings(&reply) {
             Ok(Some(smaller)) => {
-                self.metrics.body_strings_dropped.inc();
+                self.metrics.refusals.body_strings_dropped.inc();
                 if let Some(suppressed) = self.warnings[0].permit() {
                     tracing::warn!(
                         reply_bytes = original,
@@ -336,7 +336,7 @@ impl ReplyPolicy {
             return Ok((reply, fit));
         }
         if self.limit.is_none() {
-            self.metrics.replies_over_gateway_default.inc();
+            self.metrics.refusals.over_gateway_default.inc();
             if let Some(suppressed) = self.warnings[1].permit() {
                 tracing::warn!(
                     reply_bytes = reply.len(),
@@ -497,6 +497,6 @@ mod tests {
         let policy = ReplyPolicy::new(None, metrics.clone());
         let (_, fit) = policy.fit(object(&vec![0xff; 5 << 20], false)).unwrap();
         assert_eq!(fit, ReplyFit::OverGatewayDefault);
-        assert_eq!(metrics.replies_over_gateway_default.get(), 1);
+        assert_eq!(metrics.refusals.over_gateway_default.get(), 1);
     }
 }

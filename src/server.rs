@@ -358,12 +358,12 @@ struct Tracked {
 
 impl Tracked {
     fn new(lifecycle: &Lifecycle, metrics: &Metrics, slot: OwnedSemaphorePermit) -> Self {
-        metrics.connections.inc();
-        metrics.connections_accepted.inc();
+        metrics.connections.open.inc();
+        metrics.connections.accepted.inc();
         Self {
             _guard: lifecycle.track_connection(),
             _slot: slot,
-            open: metrics.connections.clone(),
+            open: metrics.connections.open.clone(),
             accepted_at: Instant::now(),
         }
     }

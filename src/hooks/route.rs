@@ -108,7 +108,7 @@ impl Hooks {
 
     fn unknown(&self, table: &HookTable, summary: &ObjectSummary<'_>) -> Route {
         if !table.is_empty() {
-            self.metrics().unknown_hooks.inc();
+            self.metrics().hooks.unknown.inc();
             if let Some(suppressed) = self.first_unknown(summary.hook_type, summary.hook_name) {
                 tracing::warn!(
                     hook_type = pb::HookType::label_of(summary.hook_type),

@@ -233,43 +233,284 @@ pub struct HookSeries {
 
 type HookSeriesByName = RwLock<HashMap<Box<str>, Arc<HookSeries>>>;
 
-/// Every metric the server exports; cheap to clone.
+/// Registers `metric` under `name` and gives it back, so a concern's metrics are built and
+/// registered in one expression each.
+fn registered<M: prometheus_client::registry::Metric + Clone>(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    metric: M,
+) -> M {
+    registry.register(name, help, metric.clone());
+    metric
+}
+
+/// Dispatch calls: counts by hook and outcome, latency, sizes, calls in flight.
+#[derive(Debug, Clone)]
+pub struct DispatchMetrics {
+    requests: Family<DispatchLabels, Counter>,
+    duration: Family<HookLabels, HistogramWithExemplars<TraceLabel>, DurationHistogram>,
+    request_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
+    reply_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
+    /// The series of each hook, by hook type (slot 6: types the protocol lacks).
+    series: Arc<[HookSeriesByName; 7]>,
+    /// Dispatch calls being handled now.
+    pub in_flight: Gauge,
+}
+
+impl DispatchMetrics {
+    fn register(registry: &mut Registry, settings: &MetricsSettings) -> Self {
+        let buckets: Arc<[f64]> = settings.duration_buckets.clone().into();
+        Self {
+            requests: registered(
+                registry,
+                "dispatch_requests",
+                "Dispatch calls by hook and outcome",
+                Family::default(),
+            ),
+            duration: registered(
+                registry,
+                "dispatch_duration_seconds",
+                "Time to answer a Dispatch call, by hook",
+                Family::new_with_constructor(DurationHistogram(buckets)),
+            ),
+            in_flight: registered(
+                registry,
+                "dispatch_in_flight",
+                "Dispatch calls being handled",
+                Gauge::default(),
+            ),
+            request_bytes: registered(
+                registry,
+                "request_bytes",
+                "Size of Dispatch requests",
+                Family::new_with_constructor(size_histogram as fn() -> Histogram),
+            ),
+            reply_bytes: registered(
+                registry,
+                "reply_bytes",
+                "Size of Dispatch replies",
+                Family::new_with_constructor(size_histogram as fn() -> Histogram),
+            ),
+            series: Arc::default(),
+        }
+    }
+}
+
+/// Calls refused, and replies changed or let through to fit the gateway's limit.
+#[derive(Debug, Clone)]
+pub struct RefusalMetrics {
+    rejected: Family<Reason<Rejection>, Counter>,
+    /// Replies whose `body` strings were dropped to fit the gateway's limit.
+    pub body_strings_dropped: Counter,
+    /// Replies sent over the gateway's default 4 MiB limit (no limit known).
+    pub over_gateway_default: Counter,
+}
+
+impl RefusalMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let rejected = registered(
+            registry,
+            "rejected_calls",
+            "Calls refused before any hook ran, by reason",
+            Family::default(),
+        );
+        every_reason(&rejected, Rejection::ALL);
+        Self {
+            rejected,
+            body_strings_dropped: registered(
+                registry,
+                "reply_body_strings_dropped",
+                "Replies whose body strings were dropped to fit the gateway's receive limit",
+                Counter::default(),
+            ),
+            over_gateway_default: registered(
+                registry,
+                "replies_over_gateway_default_limit",
+                "Replies over the gateway's default 4 MiB receive limit sent while no limit was configured",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// Client connections and their streams.
+#[derive(Debug, Clone)]
+pub struct ConnectionMetrics {
+    /// Open client connections.
+    pub open: Gauge,
+    /// Client connections accepted since start.
+    pub accepted: Counter,
+    refused: Family<Reason<RefusedBy>, Counter>,
+    timed_out: Family<Reason<TimedOut>, Counter>,
+    streams_reset: Family<Reason<StreamReset>, Counter>,
+}
+
+impl ConnectionMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            open: registered(
+                registry,
+                "connections",
+                "Open gRPC client connections",
+                Gauge::default(),
+            ),
+            accepted: registered(
+                registry,
+                "connections_accepted",
+                "gRPC client connections accepted since start",
+                Counter::default(),
+            ),
+            refused: registered(
+                registry,
+                "connections_refused",
+                "Connections accepted and closed at once because a connection cap was reached, by cap",
+                Family::default(),
+            ),
+            timed_out: registered(
+                registry,
+                "connections_timed_out",
+                "gRPC connections closed for not finishing their handshake or making no call in time, by reason",
+                Family::default(),
+            ),
+            streams_reset: registered(
+                registry,
+                "streams_reset",
+                "Dispatcher calls whose stream was reset because its request or its reply made no progress in time, by reason",
+                Family::default(),
+            ),
+        };
+        every_reason(&metrics.refused, RefusedBy::ALL);
+        every_reason(&metrics.timed_out, TimedOut::ALL);
+        every_reason(&metrics.streams_reset, StreamReset::ALL);
+        metrics
+    }
+}
+
+/// Hook pipelines: step runs, authentication decisions, failures, unmatched calls, reloads.
+#[derive(Debug, Clone)]
+pub struct HookMetrics {
+    step_runs: Family<StepLabels, Counter>,
+    auth_decisions: Family<AuthLabels, Counter>,
+    failures: Family<FailureLabels, Counter>,
+    /// Calls whose hook no pipeline matched.
+    pub unknown: Counter,
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl HookMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        let metrics = Self {
+            step_runs: registered(
+                registry,
+                "step_runs",
+                "Plugin step runs by hook, step and outcome",
+                Family::default(),
+            ),
+            auth_decisions: registered(
+                registry,
+                "auth_decisions",
+                "Authentication decisions by hook, step and decision",
+                Family::default(),
+            ),
+            failures: registered(
+                registry,
+                "hook_failures",
+                "Hooks answered by their on_error policy, by reason",
+                Family::default(),
+            ),
+            unknown: registered(
+                registry,
+                "unknown_hooks",
+                "Calls whose hook no pipeline matched",
+                Counter::default(),
+            ),
+            reloads: registered(
+                registry,
+                "config_reloads",
+                "Hook configuration reloads by result",
+                Family::default(),
+            ),
+        };
+        for &result in ReloadResult::ALL {
+            let _ = metrics.reloads.get_or_create(&ResultLabels { result });
+        }
+        metrics
+    }
+}
+
+/// DispatchEvent calls.
+#[derive(Debug, Clone)]
+pub struct EventMetrics {
+    by_type: Family<EventLabels, Counter>,
+    /// DispatchEvent payloads that were not JSON.
+    pub unparsable: Counter,
+}
+
+impl EventMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            by_type: registered(
+                registry,
+                "events",
+                "DispatchEvent calls by Tyk event type",
+                Family::default(),
+            ),
+            unparsable: registered(
+                registry,
+                "events_unparsable",
+                "DispatchEvent payloads that were not JSON",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// Span export.
+#[derive(Debug, Clone)]
+pub struct SpanMetrics {
+    /// Spans handed to the exporter and accepted by the collector.
+    pub exported: Counter,
+    /// Spans lost: queue full, or the collector refused or could not be reached.
+    pub dropped: Counter,
+}
+
+impl SpanMetrics {
+    fn register(registry: &mut Registry) -> Self {
+        Self {
+            exported: registered(
+                registry,
+                "spans_exported",
+                "Spans accepted by the trace collector",
+                Counter::default(),
+            ),
+            dropped: registered(
+                registry,
+                "spans_dropped",
+                "Spans lost because the export queue was full or the collector failed",
+                Counter::default(),
+            ),
+        }
+    }
+}
+
+/// Every metric the server exports, by concern; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     settings: Arc<MetricsSettings>,
-    dispatch_requests: Family<DispatchLabels, Counter>,
-    dispatch_duration: Family<HookLabels, HistogramWithExemplars<TraceLabel>, DurationHistogram>,
-    request_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
-    reply_bytes: Family<HookTypeLabel, Histogram, fn() -> Histogram>,
-    hooks: Arc<[HookSeriesByName; 7]>,
-    rejected: Family<Reason<Rejection>, Counter>,
-    events: Family<EventLabels, Counter>,
-    step_runs: Family<StepLabels, Counter>,
-    auth_decisions: Family<AuthLabels, Counter>,
-    hook_failures: Family<FailureLabels, Counter>,
-    config_reloads: Family<ResultLabels, Counter>,
-    /// Calls whose hook no pipeline matched.
-    pub unknown_hooks: Counter,
-    /// Dispatch calls being handled now.
-    pub in_flight: Gauge,
-    /// Replies whose `body` strings were dropped to fit the gateway's limit.
-    pub body_strings_dropped: Counter,
-    /// Replies sent over the gateway's default 4 MiB limit (no limit known).
-    pub replies_over_gateway_default: Counter,
-    /// Open client connections.
-    pub connections: Gauge,
-    /// Client connections accepted since start.
-    pub connections_accepted: Counter,
-    connections_refused: Family<Reason<RefusedBy>, Counter>,
-    connections_timed_out: Family<Reason<TimedOut>, Counter>,
-    streams_reset: Family<Reason<StreamReset>, Counter>,
-    /// DispatchEvent payloads that were not JSON.
-    pub events_unparsable: Counter,
-    /// Spans handed to the exporter and accepted by the collector.
-    pub spans_exported: Counter,
-    /// Spans lost: queue full, or the collector refused or could not be reached.
-    pub spans_dropped: Counter,
+    /// Dispatch calls.
+    pub dispatch: DispatchMetrics,
+    /// Refusals and reply fitting.
+    pub refusals: RefusalMetrics,
+    /// Connections and streams.
+    pub connections: ConnectionMetrics,
+    /// Hook pipelines.
+    pub hooks: HookMetrics,
+    /// Events.
+    pub events: EventMetrics,
+    /// Span export.
+    pub spans: SpanMetrics,
 }
 
 impl Default for Metrics {
@@ -279,151 +520,17 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// Registers every metric.
+    /// Registers every metric, concern by concern (the order of the exposition).
     pub fn new(settings: MetricsSettings) -> Self {
         let mut root = Registry::default();
         root.register_collector(Box::new(ProcessCollector));
         let registry = root.sub_registry_with_prefix("tyk_dispatcher");
-
-        let dispatch_requests = Family::<DispatchLabels, Counter>::default();
-        registry.register(
-            "dispatch_requests",
-            "Dispatch calls by hook and outcome",
-            dispatch_requests.clone(),
-        );
-        let buckets: Arc<[f64]> = settings.duration_buckets.clone().into();
-        let dispatch_duration = Family::new_with_constructor(DurationHistogram(buckets));
-        registry.register(
-            "dispatch_duration_seconds",
-            "Time to answer a Dispatch call, by hook",
-            dispatch_duration.clone(),
-        );
-        let in_flight = Gauge::default();
-        registry.register(
-            "dispatch_in_flight",
-            "Dispatch calls being handled",
-            in_flight.clone(),
-        );
-        let request_bytes = Family::new_with_constructor(size_histogram as fn() -> Histogram);
-        registry.register(
-            "request_bytes",
-            "Size of Dispatch requests",
-            request_bytes.clone(),
-        );
-        let reply_bytes = Family::new_with_constructor(size_histogram as fn() -> Histogram);
-        registry.register(
-            "reply_bytes",
-            "Size of Dispatch replies",
-            reply_bytes.clone(),
-        );
-        let events = Family::<EventLabels, Counter>::default();
-        registry.register(
-            "events",
-            "DispatchEvent calls by Tyk event type",
-            events.clone(),
-        );
-        let rejected = Family::default();
-        registry.register(
-            "rejected_calls",
-            "Calls refused before any hook ran, by reason",
-            rejected.clone(),
-        );
-        let body_strings_dropped = Counter::default();
-        registry.register(
-            "reply_body_strings_dropped",
-            "Replies whose body strings were dropped to fit the gateway's receive limit",
-            body_strings_dropped.clone(),
-        );
-        let replies_over_gateway_default = Counter::default();
-        registry.register(
-            "replies_over_gateway_default_limit",
-            "Replies over the gateway's default 4 MiB receive limit sent while no limit was configured",
-            replies_over_gateway_default.clone(),
-        );
-        let connections = Gauge::default();
-        registry.register(
-            "connections",
-            "Open gRPC client connections",
-            connections.clone(),
-        );
-        let connections_accepted = Counter::default();
-        registry.register(
-            "connections_accepted",
-            "gRPC client connections accepted since start",
-            connections_accepted.clone(),
-        );
-        let connections_refused = Family::default();
-        registry.register(
-            "connections_refused",
-            "Connections accepted and closed at once because a connection cap was reached, by cap",
-            connections_refused.clone(),
-        );
-        let connections_timed_out = Family::default();
-        registry.register(
-            "connections_timed_out",
-            "gRPC connections closed for not finishing their handshake or making no call in time, by reason",
-            connections_timed_out.clone(),
-        );
-        every_reason(&connections_refused, RefusedBy::ALL);
-        every_reason(&connections_timed_out, TimedOut::ALL);
-        let streams_reset = Family::default();
-        registry.register(
-            "streams_reset",
-            "Dispatcher calls whose stream was reset because its request or its reply made no progress in time, by reason",
-            streams_reset.clone(),
-        );
-        every_reason(&streams_reset, StreamReset::ALL);
-        let events_unparsable = Counter::default();
-        registry.register(
-            "events_unparsable",
-            "DispatchEvent payloads that were not JSON",
-            events_unparsable.clone(),
-        );
-        let spans_exported = Counter::default();
-        registry.register(
-            "spans_exported",
-            "Spans accepted by the trace collector",
-            spans_exported.clone(),
-        );
-        let spans_dropped = Counter::default();
-        registry.register(
-            "spans_dropped",
-            "Spans lost because the export queue was full or the collector failed",
-            spans_dropped.clone(),
-        );
-        let step_runs = Family::<StepLabels, Counter>::default();
-        registry.register(
-            "step_runs",
-            "Plugin step runs by hook, step and outcome",
-            step_runs.clone(),
-        );
-        let auth_decisions = Family::<AuthLabels, Counter>::default();
-        registry.register(
-            "auth_decisions",
-            "Authentication decisions by hook, step and decision",
-            auth_decisions.clone(),
-        );
-        let hook_failures = Family::<FailureLabels, Counter>::default();
-        registry.register(
-            "hook_failures",
-            "Hooks answered by their on_error policy, by reason",
-            hook_failures.clone(),
-        );
-        let unknown_hooks = Counter::default();
-        registry.register(
-            "unknown_hooks",
-            "Calls whose hook no pipeline matched",
-            unknown_hooks.clone(),
-        );
-        let config_reloads = Family::<ResultLabels, Counter>::default();
-        registry.register(
-            "config_reloads",
-            "Hook configuration reloads by result",
-            config_reloads.clone(),
-        );
-        for &result in ReloadResult::ALL {
-            let _ = config_reloads.get_or_create(&ResultLabels { result });
-        }
+        let dispatch = DispatchMetrics::register(registry, &settings);
+        let events = EventMetrics::register(registry);
+        let refusals = RefusalMetrics::register(registry);
+        let connections = ConnectionMetrics::register(registry);
+        let spans = SpanMetrics::register(registry);
+        let hooks = HookMetrics::register(registry);
         registry.register(
             "build",
             "Build information",
@@ -432,39 +539,22 @@ impl Metrics {
                 ("protocol", crate::pb::PROTOCOL_VERSION),
             ]),
         );
-        every_reason(&rejected, Rejection::ALL);
         Self {
             registry: Arc::new(root),
             settings: Arc::new(settings),
-            dispatch_requests,
-            dispatch_duration,
-            request_bytes,
-            reply_bytes,
-            hooks: Arc::new(Default::default()),
-            rejected,
-            events,
-            step_runs,
-            auth_decisions,
-            hook_failures,
-            config_reloads,
-            unknown_hooks,
-            in_flight,
-            body_strings_dropped,
-            replies_over_gateway_default,
+            dispatch,
+            refusals,
             connections,
-            connections_accepted,
-            connections_refused,
-            connections_timed_out,
-            streams_reset,
-            events_unparsable,
-            spans_exported,
-            spans_dropped,
+            hooks,
+            events,
+            spans,
         }
     }
 
     fn outcomes(&self, hook_type: &'static str, hook_name: &str, api_id: Option<&str>) -> Outcomes {
         Outcome::ALL.map(|outcome| {
-            self.dispatch_requests
+            self.dispatch
+                .requests
                 .get_or_create(&DispatchLabels {
                     hook_type,
                     hook_name: hook_name.to_string(),
@@ -487,7 +577,7 @@ impl Metrics {
             .ok()
             .filter(|t| *t < 6)
             .unwrap_or(6);
-        let map = &self.hooks[slot];
+        let map = &self.dispatch.series[slot];
         // Checked before any lookup: a long name is neither hashed nor kept.
         let hook_name = label_value(hook_name);
         {
@@ -521,14 +611,19 @@ impl Metrics {
             requests: self.outcomes(hook_type_name, label, None),
             by_api: self.settings.api_label.then(Default::default),
             duration: self
-                .dispatch_duration
+                .dispatch
+                .duration
                 .get_or_create(&HookLabels {
                     hook_type: hook_type_name,
                     hook_name: label.to_string(),
                 })
                 .clone(),
-            request_bytes: self.request_bytes.get_or_create(&type_label).clone(),
-            reply_bytes: self.reply_bytes.get_or_create(&type_label).clone(),
+            request_bytes: self
+                .dispatch
+                .request_bytes
+                .get_or_create(&type_label)
+                .clone(),
+            reply_bytes: self.dispatch.reply_bytes.get_or_create(&type_label).clone(),
         });
         map.insert(label.into(), series.clone());
         series
@@ -536,7 +631,7 @@ impl Metrics {
 
     /// Starts measuring one Dispatch call.
     pub fn start_call(&self, series: Arc<HookSeries>, request_bytes: usize) -> CallMeasure<'_> {
-        self.in_flight.inc();
+        self.dispatch.in_flight.inc();
         series.request_bytes.observe(request_bytes as f64);
         CallMeasure {
             metrics: self,
@@ -577,19 +672,23 @@ impl Metrics {
 
     /// The counter of connections refused because `cap` was reached.
     pub fn connections_refused(&self, cap: RefusedBy) -> Counter {
-        self.connections_refused.get_or_create(&Reason(cap)).clone()
+        self.connections.refused.get_or_create(&Reason(cap)).clone()
     }
 
     /// The counter of gRPC connections closed for `reason`.
     pub fn connections_timed_out(&self, reason: TimedOut) -> Counter {
-        self.connections_timed_out
+        self.connections
+            .timed_out
             .get_or_create(&Reason(reason))
             .clone()
     }
 
     /// The counter of streams reset for `reason`.
     pub fn streams_reset(&self, reason: StreamReset) -> Counter {
-        self.streams_reset.get_or_create(&Reason(reason)).clone()
+        self.connections
+            .streams_reset
+            .get_or_create(&Reason(reason))
+            .clone()
     }
 
     /// Counts a call refused for `reason`.
@@ -599,7 +698,10 @@ impl Metrics {
 
     /// The counter of calls refused for `reason`.
     pub fn rejections(&self, reason: Rejection) -> Counter {
-        self.rejected.get_or_create(&Reason(reason)).clone()
+        self.refusals
+            .rejected
+            .get_or_create(&Reason(reason))
+            .clone()
     }
 
     /// The counters of one step of one hook.
@@ -608,7 +710,8 @@ impl Metrics {
     pub fn step_counters(&self, hook_name: &str, step: &str, authenticates: bool) -> StepCounters {
         StepCounters {
             runs: std::array::from_fn(|i| {
-                self.step_runs
+                self.hooks
+                    .step_runs
                     .get_or_create(&StepLabels {
                         hook_name: hook_name.to_string(),
                         step: step.to_string(),
@@ -618,7 +721,8 @@ impl Metrics {
             }),
             auth: authenticates.then(|| {
                 std::array::from_fn(|i| {
-                    self.auth_decisions
+                    self.hooks
+                        .auth_decisions
                         .get_or_create(&AuthLabels {
                             hook_name: hook_name.to_string(),
                             step: step.to_string(),
@@ -633,7 +737,8 @@ impl Metrics {
     /// The failure counters of one hook.
     pub fn hook_failure_counters(&self, hook_name: &str) -> FailureCounters {
         std::array::from_fn(|i| {
-            self.hook_failures
+            self.hooks
+                .failures
                 .get_or_create(&FailureLabels {
                     hook_name: hook_name.to_string(),
                     reason: Failure::ALL[i],
@@ -649,7 +754,8 @@ impl Metrics {
         } else {
             ReloadResult::Failure
         };
-        self.config_reloads
+        self.hooks
+            .reloads
             .get_or_create(&ResultLabels { result })
             .inc();
     }
@@ -660,7 +766,10 @@ impl Metrics {
             .and_then(|name| TYK_EVENTS.iter().find(|known| **known == name))
             .copied()
             .unwrap_or("other");
-        self.events.get_or_create(&EventLabels { event_type }).inc();
+        self.events
+            .by_type
+            .get_or_create(&EventLabels { event_type })
+            .inc();
     }
 
     /// The OpenMetrics text exposition.
@@ -722,7 +831,7 @@ impl CallMeasure<'_> {
 
 impl Drop for CallMeasure<'_> {
     fn drop(&mut self) {
-        self.metrics.in_flight.dec();
+        self.metrics.dispatch.in_flight.dec();
         if !self.finished {
             self.record(Outcome::Error, "");
         }
@@ -899,9 +1008,9 @@ mod tests {
     fn a_dropped_call_counts_as_an_error_and_leaves_in_flight() {
         let metrics = Metrics::default();
         let call = metrics.start_call(metrics.hook(1, "Pre", "x"), 1);
-        assert_eq!(metrics.in_flight.get(), 1);
+        assert_eq!(metrics.dispatch.in_flight.get(), 1);
         drop(call);
-        assert_eq!(metrics.in_flight.get(), 0);
+        assert_eq!(metrics.dispatch.in_flight.get(), 0);
         assert!(
             metrics
                 .encode()

@@ -261,8 +261,8 @@ impl Traces {
                 export_timeout: export.timeout,
             },
             SpanCounters {
-                exported: metrics.spans_exported.clone(),
-                dropped: metrics.spans_dropped.clone(),
+                exported: metrics.spans.exported.clone(),
+                dropped: metrics.spans.dropped.clone(),
             },
         );
         Ok(Self {
