@@ -151,71 +151,93 @@ impl Pipeline {
         let counters = self.counters(metrics);
         let before = object.clone();
         let mut object = object;
+        let result = self
+            .within_deadline(self.run_steps(&mut object, cx, counters, span))
+            .await;
+        self.conclude(original, &before, object, result, counters)
+    }
+
+    /// The steps in order, each measured and traced, until one stops the call or fails: the
+    /// call's outcome, or why it failed.
+    async fn run_steps(
+        &self,
+        object: &mut pb::Object,
+        cx: &StepContext,
+        counters: &PipelineCounters,
+        span: &CallSpan,
+    ) -> Result<Outcome, StepFailure> {
         let mut outcome = Outcome::Unchanged;
-        let run = async {
-            for (index, step) in self.steps.iter().enumerate() {
-                let step_span = span.child(step.kind());
-                let result = AssertUnwindSafe(step.run(&mut object, cx))
-                    .catch_unwind()
-                    .await;
-                let result = match result {
-                    Ok(result) => result.map_err(|err| (Failure::StepError, err.0)),
-                    Err(panic) => Err((Failure::Panic, panic_message(&panic))),
-                };
-                match result {
-                    Ok(step_outcome) => {
-                        let run = StepRun::from(step_outcome);
-                        counters.steps[index].ran(run);
-                        if let Some(decision) = AuthDecision::of(step_outcome) {
-                            counters.steps[index].decided(decision);
-                        }
-                        step_span.end_step(run.as_str());
-                        outcome = call_outcome(outcome, step_outcome);
-                        if step_outcome.stops() {
-                            break;
-                        }
+        for (step, counters) in self.steps.iter().zip(&counters.steps) {
+            let step_span = span.child(step.kind());
+            match run_step(step.as_ref(), object, cx).await {
+                Ok(step_outcome) => {
+                    let run = StepRun::from(step_outcome);
+                    counters.ran(run);
+                    if let Some(decision) = AuthDecision::of(step_outcome) {
+                        counters.decided(decision);
                     }
-                    Err((failure, message)) => {
-                        counters.steps[index].ran(StepRun::Failed);
-                        step_span.end_step(StepRun::Failed.as_str());
-                        return Err((failure, message));
+                    step_span.end_step(run.as_str());
+                    outcome = call_outcome(outcome, step_outcome);
+                    if step_outcome.stops() {
+                        break;
                     }
                 }
+                Err(failure) => {
+                    counters.ran(StepRun::Failed);
+                    step_span.end_step(StepRun::Failed.as_str());
+                    return Err(failure);
+                }
             }
-            Ok(())
-        };
+        }
+        Ok(outcome)
+    }
+
+    /// `run` within the hook's deadline. Most pipelines never wait (the built-in steps are
+    /// synchronous): they finish on the first poll without arming a timer. A step that waits
+    /// gets the rest of the deadline.
+    async fn within_deadline(
+        &self,
+        run: impl Future<Output = Result<Outcome, StepFailure>>,
+    ) -> Result<Outcome, StepFailure> {
         let started = tokio::time::Instant::now();
-        // Most pipelines never wait (the built-in steps are synchronous): they finish on the
-        // first poll without arming a timer. A step that waits gets the rest of the deadline.
-        let result = {
-            let mut run = std::pin::pin!(run);
-            match futures_util::poll!(run.as_mut()) {
-                Poll::Ready(result) => result,
-                Poll::Pending => {
-                    match tokio::time::timeout_at(started + self.deadline, run).await {
-                        Ok(result) => result,
-                        Err(_) => Err((
-                            Failure::Deadline,
-                            format!("steps took longer than {:?}", self.deadline),
-                        )),
-                    }
-                }
-            }
-        };
+        let mut run = std::pin::pin!(run);
+        if let Poll::Ready(result) = futures_util::poll!(run.as_mut()) {
+            return result;
+        }
+        tokio::time::timeout_at(started + self.deadline, run)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StepFailure {
+                    reason: Failure::Deadline,
+                    message: format!("steps took longer than {:?}", self.deadline),
+                })
+            })
+    }
+
+    /// The answer to the steps' `result` on `after` (`before` as decoded from `original`): the
+    /// edits, nothing in a dry run, or the `on_error` answer to a failure.
+    fn conclude(
+        &self,
+        original: &Bytes,
+        before: &pb::Object,
+        after: pb::Object,
+        result: Result<Outcome, StepFailure>,
+        counters: &PipelineCounters,
+    ) -> Answer {
         match result {
-            Ok(()) if self.dry_run => {
-                let changed = before != object;
+            Ok(outcome) if self.dry_run => {
+                let changed = *before != after;
                 tracing::info!(hook_name = %self.name, would_change = changed, would_answer = ?outcome, "dry run: original Object sent back");
                 Answer::unchanged(original, Outcome::Unchanged)
             }
-            Ok(()) => answer_with(original, &before, object, outcome, self.hook_type),
-            Err((failure, message)) => {
-                counters.failures[failure.index()].inc();
+            Ok(outcome) => answer_with(original, before, after, outcome, self.hook_type),
+            Err(StepFailure { reason, message }) => {
+                counters.failures[reason.index()].inc();
                 // A step's message may quote what the request sent: cut like any request string.
-                tracing::warn!(hook_name = %self.name, reason = failure.label(), error = &*crate::bounds::log(&message), on_error = ?self.on_error, "hook failed");
+                tracing::warn!(hook_name = %self.name, reason = reason.label(), error = &*crate::bounds::log(&message), on_error = ?self.on_error, "hook failed");
                 match self.on_error {
                     OnError::FailOpen => Answer::unchanged(original, Outcome::Failed),
-                    OnError::FailClosed => fail_closed_answer(original, &before, self.hook_type),
+                    OnError::FailClosed => fail_closed_answer(original, before, self.hook_type),
                 }
             }
         }
@@ -291,6 +313,32 @@ pub(super) fn fail_closed_answer(
     let mut answer = answer_with(original, before, failed, Outcome::Failed, hook_type);
     answer.outcome = Outcome::Failed;
     answer
+}
+
+/// Why a pipeline stopped short: the reason label and what happened.
+#[derive(Debug)]
+struct StepFailure {
+    reason: Failure,
+    message: String,
+}
+
+/// One step's run, with a panic caught and reported as a failure like an error.
+async fn run_step(
+    step: &dyn Step,
+    object: &mut pb::Object,
+    cx: &StepContext,
+) -> Result<StepOutcome, StepFailure> {
+    match AssertUnwindSafe(step.run(object, cx)).catch_unwind().await {
+        Ok(Ok(outcome)) => Ok(outcome),
+        Ok(Err(err)) => Err(StepFailure {
+            reason: Failure::StepError,
+            message: err.0,
+        }),
+        Err(panic) => Err(StepFailure {
+            reason: Failure::Panic,
+            message: panic_message(&panic),
+        }),
+    }
 }
 
 /// The call's outcome so far, after a step that ended `step`: a change makes an unchanged call
