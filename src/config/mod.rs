@@ -368,7 +368,19 @@ impl Config {
     pub fn validate(&self) -> Result<(), Problems> {
         let mut problems = Vec::new();
         let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
+        self.validate_listeners(&mut push);
+        self.validate_limits(&mut push);
+        self.validate_telemetry(&mut push);
+        self.validate_intervals(&mut push);
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(Problems(problems))
+        }
+    }
 
+    /// Listen addresses (none twice), TLS files, the admin address, the socket mode.
+    fn validate_listeners(&self, push: &mut impl FnMut(&str, String)) {
         let mut seen = Vec::new();
         match self.listen_addrs() {
             Ok(addrs) => seen.extend(addrs),
@@ -390,13 +402,17 @@ impl Config {
                 push("listen", format!("{addr} is listed twice"));
             }
         }
-        self.validate_tls(&mut push);
+        self.validate_tls(push);
         if let Err(err) = self.admin_addr() {
             push("admin_listen", err.to_string());
         }
         if let Err(message) = self.unix_socket_mode_bits() {
             push("unix_socket_mode", message);
         }
+    }
+
+    /// Message sizes, the in-flight budget, streams, timeouts, connection caps, threads.
+    fn validate_limits(&self, push: &mut impl FnMut(&str, String)) {
         if self.max_recv_bytes == 0 || self.max_recv_bytes > MAX_MESSAGE_BYTES {
             push(
                 "max_recv_bytes",
@@ -478,6 +494,10 @@ impl Config {
                 "0 is not an interval; leave it unset to send no pings".into(),
             );
         }
+    }
+
+    /// Sampling, OTLP export and metric buckets.
+    fn validate_telemetry(&self, push: &mut impl FnMut(&str, String)) {
         if !SAMPLERS.contains(&self.trace_sampler.as_str()) {
             push(
                 "trace_sampler",
@@ -531,16 +551,15 @@ impl Config {
                 format!("{buckets:?} must be positive, finite and strictly increasing"),
             );
         }
+    }
+
+    /// Reload intervals.
+    fn validate_intervals(&self, push: &mut impl FnMut(&str, String)) {
         if self.config_reload_interval_secs == 0 {
             push("config_reload_interval_secs", "0 is not an interval".into());
         }
         if self.tls_reload_interval_secs == 0 {
             push("tls_reload_interval_secs", "0 is not an interval".into());
-        }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Problems(problems))
         }
     }
 
