@@ -316,11 +316,6 @@ impl App {
         Self::builder(config).build().await
     }
 
-    /// The hooks in force.
-    pub fn hooks(&self) -> Hooks {
-        self.hooks.clone()
-    }
-
     /// Where the gRPC listeners are bound (plaintext first, then TLS).
     pub fn grpc_addrs(&self) -> Vec<BoundAddr> {
         self.grpc

@@ -1,61 +1,67 @@
 //! tyk-dispatcher: a gRPC plugin server (`coprocess.Dispatcher`) for Tyk Gateway.
 //!
-//! # Layout
-//! - [`app`]: [`App::build`] binds every listener; [`App::run_until_stopped`] serves and drains.
-//! - [`config`]: the configuration tree, its sources (file, env, flags, the gateway's own
-//!   variables) and validation.
-//! - [`dispatcher`]: the `Dispatch`/`DispatchEvent` handlers: scan, budget, hooks, fit, answer.
-//! - [`call`]: a call's outcome and the errors that refuse it, counted and answered in one place.
-//! - [`bounds`]: request-derived strings cut for logs and spans; rate-limited warnings.
-//! - [`hooks`]: declarative hook pipelines, built-in steps and the step API.
-//! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
-//! - [`object_log`]: the Object as canonical JSON with secrets redacted.
-//! - [`event_log`]: event payloads as JSON with the key redacted and the request dump hashed.
-//! - [`limits`]: message size and in-flight byte budgets.
-//! - [`charge`]: a call's message charged to the budget from its prefix, before its body.
-//! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
-//! - [`server`]: gRPC routes (Dispatcher, health, reflection) and HTTP/2 connection serving.
-//! - [`stream_watch`]: one stream reset when its reply makes no send progress.
-//! - [`listener`]: TCP, Unix-socket and TLS listeners.
-//! - [`hygiene`]: handshake and first-call watches, `accept` back-off, the open-file limit.
-//! - [`tls`]: rustls configuration with certificate reload.
-//! - [`reload`]: hooks reloaded when the config file changes.
-//! - [`admin`]: the side HTTP port: `/livez`, `/readyz`, `/metrics`.
-//! - [`metrics`]: Prometheus metrics.
-//! - [`lifecycle`]: readiness, connection tracking, drain and shutdown signals.
-//! - [`malloc_tuning`]: glibc's malloc tuned at start so freed memory returns to the system.
-//! - [`telemetry`]: log output.
-//! - [`cli`]: command-line flags and `check-config`.
-//! - [`pb`]: generated protocol types.
+//! Most users run the binary. This library is for those who embed the server or add their own
+//! plugin steps in Rust; its API is:
+//!
+//! - [`cli::main`]: the whole command line (flags, `check-config`, logs, signals), with a hook to
+//!   register custom steps on the [`AppBuilder`];
+//! - [`App`] / [`AppBuilder`]: [`AppBuilder::build`] validates and binds every listener;
+//!   [`App::run_until_stopped`] serves and drains;
+//! - [`config`]: the configuration tree and its sources (file, environment, flags, the gateway's
+//!   own variables);
+//! - [`hooks`]: hook declarations and the step API ([`hooks::Step`], [`hooks::StepKind`]);
+//! - [`pb`]: the protocol's message types; [`codec`]: a gRPC codec that keeps messages as bytes,
+//!   to call a Dispatcher byte for byte.
+//!
+//! Everything else is internal; `ARCHITECTURE.md` maps it.
+//!
+//! ```no_run
+//! # async fn serve() -> Result<(), tyk_dispatcher::AppError> {
+//! use tyk_dispatcher::{App, Config};
+//!
+//! let app = App::build(Config::for_loopback()).await?;
+//! let stop = tokio_util::sync::CancellationToken::new();
+//! app.run_until_stopped(stop).await
+//! # }
+//! ```
 
-pub mod admin;
+// The product's API: the app builder, its configuration, the command line, the protocol types
+// and the raw codec (to call a Dispatcher byte for byte), and the hook and step API.
 pub mod app;
-pub mod bounds;
-pub mod call;
-pub mod charge;
 pub mod cli;
 pub mod codec;
 pub mod config;
-pub mod dispatcher;
-pub mod event_log;
+pub mod hooks;
+pub mod pb;
+
 #[doc(hidden)]
 pub mod fuzzing;
-pub mod hooks;
-pub mod hygiene;
-pub mod lifecycle;
-pub mod limits;
-pub mod listener;
-pub mod malloc_tuning;
-pub mod metrics;
-pub mod object_log;
-pub mod pb;
-pub mod reload;
-pub mod response;
-pub mod server;
-pub mod stream_watch;
-pub mod telemetry;
-pub mod tls;
-pub mod wire;
 
-pub use app::{App, AppBuilder};
+pub(crate) mod admin;
+pub(crate) mod bounds;
+pub(crate) mod call;
+pub(crate) mod charge;
+pub(crate) mod dispatcher;
+pub(crate) mod event_log;
+pub(crate) mod hygiene;
+pub(crate) mod lifecycle;
+pub(crate) mod limits;
+pub(crate) mod listener;
+pub(crate) mod malloc_tuning;
+pub(crate) mod metrics;
+pub(crate) mod object_log;
+pub(crate) mod reload;
+pub(crate) mod response;
+pub(crate) mod server;
+pub(crate) mod stream_watch;
+pub(crate) mod telemetry;
+pub(crate) mod tls;
+pub(crate) mod wire;
+
+pub use app::{App, AppBuilder, AppError};
 pub use config::Config;
+pub use lifecycle::Lifecycle;
+pub use listener::BoundAddr;
+/// The glibc malloc settings the binary starts with (for its test).
+#[doc(hidden)]
+pub use malloc_tuning::TUNABLES;

@@ -144,6 +144,7 @@ impl ConnectionBudget {
     }
 
     /// Bytes this connection's calls hold now.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.held.load(Ordering::Acquire)
     }
@@ -257,13 +258,9 @@ impl InFlightBudget {
     }
 
     /// Bytes held now.
+    #[cfg(test)]
     pub fn held(&self) -> usize {
         self.shared.held.load(Ordering::Acquire)
-    }
-
-    /// The budget's size.
-    pub fn total(&self) -> usize {
-        self.shared.total
     }
 }
 

@@ -112,16 +112,6 @@ impl TlsFiles {
         Ok(all)
     }
 
-    /// Checks that the files make a server configuration, as the server will at start.
-    ///
-    /// # Errors
-    /// The problem, keyed by the setting of the file at fault.
-    pub fn check(&self) -> Result<(), Problem> {
-        self.server_config()
-            .map(drop)
-            .map_err(|err| self.problem(&err))
-    }
-
     /// `err` as a configuration problem: under the key of the file at fault, with the key and
     /// certificate named when they do not belong together.
     pub fn problem(&self, err: &TlsError) -> Problem {
@@ -153,14 +143,6 @@ impl TlsFiles {
             ),
             TlsError::Config { .. } => Problem::new("tls_cert", err.to_string()),
         }
-    }
-
-    /// Builds a server configuration from the files.
-    ///
-    /// # Errors
-    /// A [`TlsError`] naming the file at fault.
-    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
-        self.build(&self.contents()?)
     }
 
     fn build(&self, contents: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {

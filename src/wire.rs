@@ -304,6 +304,7 @@ impl<'a> Iterator for Records<'a> {
 ///
 /// # Errors
 /// The first framing error found.
+#[cfg(test)]
 pub fn check_framing(buf: &[u8]) -> Result<(), WireError> {
     Records::new(buf).try_for_each(|record| record.map(drop))
 }

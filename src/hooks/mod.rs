@@ -21,10 +21,11 @@ pub mod steps;
 mod table;
 
 pub use config::{HookConfig, HookTypeName, OnError, StepConfig, UnknownHooks};
-pub use edit::reply_bytes;
 pub use parts::ObjectParts;
-pub use pipeline::{Failure, Pipeline, fail_closed};
-pub use route::{Answer, Routed};
 pub use step::{Step, StepContext, StepError, StepOutcome};
 pub use steps::{StepKind, StepRegistry};
-pub use table::{HookTable, Hooks};
+
+pub(crate) use edit::reply_bytes;
+pub(crate) use pipeline::Failure;
+pub(crate) use route::Answer;
+pub(crate) use table::{HookTable, Hooks};

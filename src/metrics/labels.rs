@@ -36,7 +36,8 @@ macro_rules! label_values {
                 }
             }
 
-            /// The position in [`Self::ALL`].
+            /// The position in [`Self::ALL`] (for the labels that index counter arrays).
+            #[allow(dead_code)]
             pub fn index(self) -> usize {
                 self as usize
             }

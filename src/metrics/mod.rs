@@ -31,7 +31,7 @@ use prometheus_client::{
 pub use labels::{
     AuthDecision, RefusedBy, Rejection, ReloadResult, StepRun, StreamReset, TimedOut,
 };
-pub use process::{ProcessCollector, Reading};
+pub use process::ProcessCollector;
 
 use crate::{call::Outcome, hooks::Failure};
 

@@ -6,8 +6,6 @@ mod otlp;
 mod propagation;
 mod traces;
 
-pub use export::SpanSink;
-pub use logs::{LogGuard, init, log_filter};
+pub use logs::{init, log_filter};
 pub use otlp::AttrValue;
-pub use propagation::{MetadataExtractor, parent_from_metadata};
-pub use traces::{CallSpan, Traces, TracesError};
+pub use traces::{CallSpan, Traces};

@@ -273,11 +273,6 @@ impl Traces {
         })
     }
 
-    /// Whether spans are exported.
-    pub fn exporting(&self) -> bool {
-        self.export.is_some()
-    }
-
     /// Starts the server span of one call, child of the context in `metadata`, with
     /// `attributes` (recorded only when the span is; strings cut to
     /// [`bounds::SPAN_ATTRIBUTE_BYTES`]).

@@ -151,7 +151,7 @@ async fn events_always_get_an_empty_reply() {
     ];
     for payload in payloads {
         let mut event = Vec::new();
-        tyk_dispatcher::wire::put_len_record(&mut event, 1, payload);
+        put_len_record(&mut event, 1, payload);
         let reply = call_raw(channel.clone(), DISPATCH_EVENT, event)
             .await
             .expect("answered");

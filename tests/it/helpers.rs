@@ -24,10 +24,8 @@ use tonic::{
     transport::{Channel, Endpoint},
 };
 use tyk_dispatcher::{
-    App, Config,
+    App, BoundAddr, Config, Lifecycle,
     codec::{RawCodec, RawMessage},
-    lifecycle::Lifecycle,
-    listener::BoundAddr,
     pb,
 };
 
@@ -224,6 +222,14 @@ fn map(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 }
 
 /// The seed tutorial's Dispatch payload.
+/// Appends a length-delimited record of `field` to `out`, whatever the payload holds (a test
+/// may send bytes a string field must not carry).
+pub fn put_len_record(out: &mut Vec<u8>, field: u32, payload: &[u8]) {
+    prost::encoding::encode_key(field, prost::encoding::WireType::LengthDelimited, out);
+    prost::encoding::encode_varint(payload.len() as u64, out);
+    out.extend_from_slice(payload);
+}
+
 pub fn seed_object() -> pb::Object {
     pb::Object {
         hook_type: pb::HookType::Pre as i32,

@@ -275,7 +275,7 @@ async fn nested_groups_are_refused_before_a_hook_runs_at_any_level_of_the_object
     let mut request = inner.request.take().unwrap().encode_to_vec();
     request.extend_from_slice(&unknown_nested_groups(20_000));
     let mut in_request = inner.encode_to_vec();
-    tyk_dispatcher::wire::put_len_record(&mut in_request, 3, &request);
+    put_len_record(&mut in_request, 3, &request);
     let cases = [
         (
             top,
@@ -356,7 +356,7 @@ async fn a_deeply_nested_event_is_answered_empty_and_counted_unparsable() {
     let app = spawn_app(config_with(|_| {})).await;
     let channel = app.channel().await;
     let mut event = Vec::new();
-    tyk_dispatcher::wire::put_len_record(&mut event, 1, br#"{"message":{"Type":"X"}}"#);
+    put_len_record(&mut event, 1, br#"{"message":{"Type":"X"}}"#);
     event.extend_from_slice(&nested_groups(20_000));
     let reply = call_raw(channel.clone(), DISPATCH_EVENT, event)
         .await
@@ -385,7 +385,7 @@ async fn the_real_binary_survives_nested_groups_and_warns_once_per_call() {
         .unwrap_err();
     assert_eq!(err.message(), TOO_DEEP_AT_63);
     let mut event = Vec::new();
-    tyk_dispatcher::wire::put_len_record(&mut event, 1, b"{}");
+    put_len_record(&mut event, 1, b"{}");
     event.extend_from_slice(&nested_groups(20_000));
     let reply = call_raw(channel.clone(), DISPATCH_EVENT, event)
         .await

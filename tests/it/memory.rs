@@ -560,7 +560,7 @@ async fn a_call_that_never_sends_its_prefix_is_cut_after_the_timeout() {
 
 #[tokio::test]
 async fn the_binary_runs_with_malloc_tuned_unless_glibc_tunables_is_set() {
-    use tyk_dispatcher::malloc_tuning::TUNABLES;
+    use tyk_dispatcher::TUNABLES;
     let environ = |pid: u32| -> Vec<String> {
         std::fs::read(format!("/proc/{pid}/environ"))
             .unwrap()

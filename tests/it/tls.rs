@@ -40,7 +40,7 @@ fn tls_config(pki: &TestPki, mtls: bool) -> tyk_dispatcher::Config {
 fn tls_addr(app: &TestApp) -> std::net::SocketAddr {
     // Plaintext listeners come first; the TLS one is last.
     match app.grpc.last().expect("listeners") {
-        tyk_dispatcher::listener::BoundAddr::Tcp(addr) => *addr,
+        tyk_dispatcher::BoundAddr::Tcp(addr) => *addr,
         other => panic!("unexpected {other}"),
     }
 }
