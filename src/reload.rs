@@ -8,20 +8,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{self, Sources, sources::ENV_CONFIG},
+    config::{self, Sources},
     hooks::{HookTable, Hooks},
     metrics::Metrics,
 };
-
-fn config_file(sources: &Sources) -> Option<std::path::PathBuf> {
-    sources.file.clone().or_else(|| {
-        sources
-            .env
-            .iter()
-            .find(|(name, _)| name == ENV_CONFIG)
-            .map(|(_, value)| value.into())
-    })
-}
 
 /// Watches the config file of `sources` until `stop`; does nothing without a file.
 pub async fn watch(
@@ -31,7 +21,7 @@ pub async fn watch(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let Some(path) = config_file(&sources) else {
+    let Some(path) = sources.config_file() else {
         return;
     };
     let mut seen = std::fs::read(&path).ok();
