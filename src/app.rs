@@ -288,6 +288,8 @@ impl AppBuilder {
 impl App {
     /// An [`AppBuilder`] for `config`, to register custom steps or config reload.
     pub fn builder(config: Config) -> AppBuilder {
+        // Before anything could build a TLS client or server: the JWKS and OTLP clients need it.
+        crate::tls::crypto_provider();
         AppBuilder {
             config,
             registry: StepRegistry::builtin(),

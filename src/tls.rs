@@ -98,8 +98,19 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The process-wide rustls crypto provider: the one installed (a custom server's `main` may have
+/// chosen its own), else ring, installed now. Called at start ([`crate::App::builder`]) so that
+/// everything speaking TLS uses the same one: these listeners, tonic's OTLP channel, reqwest's
+/// JWKS and OTLP/HTTP clients (which panic when none is installed).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    if let Some(installed) = CryptoProvider::get_default() {
+        return installed.clone();
+    }
+    // Losing a race to another installer is fine: the winner is the default either way.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 impl TlsFiles {
@@ -167,7 +178,8 @@ impl TlsFiles {
         let chain = certificates(&self.cert, &contents[0])?;
         let key = PrivateKeyDer::from_pem_slice(&contents[1])
             .map_err(|err| pem_error(&self.key, format!("no usable private key: {err}")))?;
-        let builder = ServerConfig::builder_with_provider(provider())
+        let provider = crypto_provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|reason| TlsError::Config {
                 cert: self.cert.clone(),
@@ -184,7 +196,7 @@ impl TlsFiles {
                     })?;
                 }
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
                         .map_err(|err| TlsError::ClientCa {
                             path: path.clone(),

@@ -149,6 +149,7 @@ async fn missing_or_bad_certificate_files_fail_the_build_with_the_path() {
 }
 
 fn rustls_provider() {
-    // tonic's client needs a process-wide provider; the server passes its own explicitly.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    // tonic's client needs the process-wide provider, which the app installs when built; these
+    // clients may connect before or without one.
+    tyk_dispatcher::tls::crypto_provider();
 }

@@ -429,8 +429,7 @@ impl RemoteSource {
             }
             other => return Err(format!("jwks_url {url:?}: scheme {other:?} is not http(s)")),
         }
-        // reqwest uses the process-wide rustls provider: ring, our only crypto backend.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        // reqwest uses the process-wide rustls provider, installed at start.
         let client = reqwest::Client::builder()
             .timeout(FETCH_TIMEOUT)
             .connect_timeout(FETCH_TIMEOUT)
@@ -856,6 +855,8 @@ aQIDAQAB
         files: &[(&str, &str)],
         settings: Value,
     ) -> Result<(tempfile::TempDir, JwtAuth), String> {
+        // What `App::builder` does at start: a JWKS URL's client needs the provider.
+        crate::tls::crypto_provider();
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("secret"), TOKEN_SECRET).unwrap();
         for (name, text) in files {
