@@ -392,7 +392,7 @@ impl App {
         }
         if let Some(tls) = &tls {
             let interval = std::time::Duration::from_secs(config.tls_reload_interval_secs);
-            tokio::spawn(tls.clone().watch(interval, admin_stop.clone()));
+            tls.watch(interval, &admin_stop);
         }
         let mut accept_loops = Vec::new();
         for (listener, tls) in grpc {

@@ -19,6 +19,7 @@
 //! - [`hygiene`]: handshake and first-call watches, `accept` back-off, the open-file limit.
 //! - [`tls`]: rustls configuration with certificate reload.
 //! - [`reload`]: hooks reloaded when the config file changes.
+//! - [`watch`]: files read again when they change, for the config file, TLS and auth steps.
 //! - [`admin`]: the side HTTP port: `/livez`, `/readyz`, `/metrics`.
 //! - [`metrics`]: Prometheus metrics.
 //! - [`lifecycle`]: readiness, connection tracking, drain and shutdown signals.
@@ -53,6 +54,7 @@ pub mod server;
 pub mod stream_watch;
 pub mod telemetry;
 pub mod tls;
+pub mod watch;
 pub mod wire;
 
 pub use app::{App, AppBuilder};

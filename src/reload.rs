@@ -1,7 +1,6 @@
 //! Puts edited hooks in force without a restart: the config file is compared every few seconds
-//! (Kubernetes ConfigMap volumes swap a `..data` symlink, so contents are compared, not inodes);
-//! a changed file is loaded and validated in full, and its hooks are swapped in atomically. On any
-//! problem the hooks in force stay, and the failure is logged and counted.
+//! ([`crate::watch`]); a changed file is loaded and validated in full, and its hooks are swapped
+//! in atomically. On any problem the hooks in force stay, and the failure is logged and counted.
 
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use crate::{
     config::{self, Sources},
     hooks::{HookTable, Hooks},
     metrics::Metrics,
+    watch::{FileReads, FileWatch},
 };
 
 /// Watches the config file of `sources` until `stop`; does nothing without a file.
@@ -24,19 +24,12 @@ pub async fn watch(
     let Some(path) = sources.config_file() else {
         return;
     };
-    let mut seen = std::fs::read(&path).ok();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let current = std::fs::read(&path).ok();
-        if current == seen {
-            continue;
-        }
-        seen = current;
+    // The hooks in force were loaded from what the file holds now (near enough: it was read at
+    // start); `config::load` reads the file itself, this read is what later ones compare with.
+    let mut in_force = FileReads::default();
+    let _ = in_force.read(&path);
+    let watch = FileWatch::new(in_force, move |files| {
+        let _ = files.read(&path);
         match reload(&sources, &hooks, &metrics) {
             Ok(count) => {
                 metrics.config_reload(true);
@@ -51,7 +44,8 @@ pub async fn watch(
                 );
             }
         }
-    }
+    });
+    watch.run(interval, stop).await;
 }
 
 /// Loads `sources` and puts their hooks in force; returns how many there are.

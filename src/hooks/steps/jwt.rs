@@ -67,7 +67,7 @@ use std::{
 
 use arc_swap::ArcSwapOption;
 
-use super::reloading::Reloading;
+use super::reloading;
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     errors::ErrorKind,
@@ -87,6 +87,7 @@ use crate::{
         step::{Step, StepContext, StepError, StepOutcome},
     },
     pb,
+    watch::{FileReads, Watched},
 };
 
 /// Time limit of one JWKS fetch (connect, headers and body).
@@ -206,17 +207,16 @@ struct KeysFile {
 }
 
 /// One key of the keys file; the message never holds key material.
-fn entry_key(entry: &KeyEntry, dir: &Path, read: &mut Vec<PathBuf>) -> Result<DecodingKey, String> {
+fn entry_key(entry: &KeyEntry, dir: &Path, files: &mut FileReads) -> Result<DecodingKey, String> {
     match (entry.alg, &entry.secret, &entry.secret_file, &entry.pem) {
         (Alg::Hs256, secret, secret_file, None) => {
             let bytes = match (secret, secret_file) {
                 (Some(secret), None) => secret.as_bytes().to_vec(),
                 (None, Some(file)) => {
                     let path = dir.join(file);
-                    let bytes = std::fs::read(&path).map_err(|err| {
+                    let bytes = files.read(&path).map_err(|err| {
                         format!("cannot read secret_file {}: {err}", path.display())
                     })?;
-                    read.push(path);
                     bytes.trim_ascii().to_vec()
                 }
                 _ => return Err("HS256 needs exactly one of secret, secret_file".into()),
@@ -247,20 +247,20 @@ fn entry_key(entry: &KeyEntry, dir: &Path, read: &mut Vec<PathBuf>) -> Result<De
 /// [`load_keys_file`] and [`parse_jwks`], for [`super::parsers`] (the fuzz harness).
 pub(super) fn check_keys(path: Option<&Path>, jwks: &[u8]) -> Result<(), String> {
     match path {
-        Some(path) => load_keys_file(path).map(drop),
+        Some(path) => load_keys_file(&mut FileReads::default(), path).map(drop),
         None => parse_jwks(jwks, "(fuzz input)").map(drop),
     }
 }
 
-/// Reads a keys file; also returns the secret files it named (watched for changes too).
-fn load_keys_file(path: &Path) -> Result<(KeySet, Vec<PathBuf>), String> {
-    let text = std::fs::read_to_string(path)
+/// Reads a keys file, and the secret files it names, through `files` (so all are watched).
+fn load_keys_file(files: &mut FileReads, path: &Path) -> Result<KeySet, String> {
+    let text = files
+        .read_to_string(path)
         .map_err(|err| format!("cannot read keys_file {}: {err}", path.display()))?;
     let file: KeysFile =
         toml::from_str(&text).map_err(|err| format!("keys_file {}: {err}", path.display()))?;
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut keys = HashMap::new();
-    let mut read = Vec::new();
     for (i, entry) in file.keys.iter().enumerate() {
         let context = || {
             format!(
@@ -273,8 +273,7 @@ fn load_keys_file(path: &Path) -> Result<(KeySet, Vec<PathBuf>), String> {
         if entry.kid.is_empty() {
             return Err(format!("{}: kid is empty", context()));
         }
-        let key =
-            entry_key(entry, dir, &mut read).map_err(|err| format!("{}: {err}", context()))?;
+        let key = entry_key(entry, dir, files).map_err(|err| format!("{}: {err}", context()))?;
         let previous = keys.insert(
             entry.kid.clone(),
             VerifyKey {
@@ -289,7 +288,7 @@ fn load_keys_file(path: &Path) -> Result<(KeySet, Vec<PathBuf>), String> {
     if keys.is_empty() {
         return Err(format!("keys_file {}: no keys", path.display()));
     }
-    Ok((KeySet { keys }, read))
+    Ok(KeySet { keys })
 }
 
 // ---- JWKS ----
@@ -370,40 +369,27 @@ fn parse_jwks(bytes: &[u8], origin: &str) -> Result<KeySet, String> {
 
 // ---- key sources ----
 
-/// A keys file or JWKS file, re-read when it (or a secret file it names) changes.
+/// A keys file or JWKS file, read again in the background when it (or a secret file it names)
+/// changes; a broken edit keeps the keys in force.
 struct FileSource {
-    path: PathBuf,
-    jwks: bool,
-    keys: Reloading<KeySet>,
+    keys: Watched<KeySet>,
 }
 
 impl FileSource {
-    fn load(path: &Path, jwks: bool) -> Result<(KeySet, Vec<PathBuf>), String> {
-        let mut watched = vec![path.to_path_buf()];
-        let keys = if jwks {
-            let bytes = std::fs::read(path)
+    fn load(files: &mut FileReads, path: &Path, jwks: bool) -> Result<KeySet, String> {
+        if jwks {
+            let bytes = files
+                .read(path)
                 .map_err(|err| format!("cannot read jwks_file {}: {err}", path.display()))?;
-            parse_jwks(&bytes, &path.display().to_string())?
+            parse_jwks(&bytes, &path.display().to_string())
         } else {
-            let (keys, secrets) = load_keys_file(path)?;
-            watched.extend(secrets);
-            keys
-        };
-        Ok((keys, watched))
+            load_keys_file(files, path)
+        }
     }
 
     fn new(path: PathBuf, jwks: bool) -> Result<Self, String> {
-        let (keys, watched) = Self::load(&path, jwks)?;
-        Ok(Self {
-            path,
-            jwks,
-            keys: Reloading::new(keys, watched, "JWT keys"),
-        })
-    }
-
-    /// Compares the files at most every few seconds; a broken edit keeps the keys in force.
-    fn refresh(&self) {
-        self.keys.refresh(|| Self::load(&self.path, self.jwks));
+        let keys = reloading::watch_files("JWT keys", move |files| Self::load(files, &path, jwks))?;
+        Ok(Self { keys })
     }
 }
 
@@ -647,10 +633,7 @@ impl JwtAuth {
 
     async fn key_set(&self) -> Result<Arc<KeySet>, StepError> {
         match &self.keys {
-            Keys::File(file) => {
-                file.refresh();
-                Ok(file.keys.current())
-            }
+            Keys::File(file) => Ok(file.keys.current()),
             Keys::Remote(remote) => remote.current().await,
         }
     }
@@ -1212,13 +1195,13 @@ aQIDAQAB
 
         // A changed file is picked up; a broken one keeps the keys in force.
         std::fs::write(dir.path().join("jwks.json"), "{\"keys\": []}").unwrap();
-        file.keys.expire();
+        file.keys.check().await;
         assert_eq!(check(&step, Some(&token)).await.0, StepOutcome::Allowed);
         let only_hs = serde_json::json!({"keys": [
             {"kty": "oct", "kid": "hs1", "k": b64url(HS_SECRET.as_bytes())},
         ]});
         std::fs::write(dir.path().join("jwks.json"), only_hs.to_string()).unwrap();
-        file.keys.expire();
+        file.keys.check().await;
         assert_refused(&step, &token, "unknown kid").await;
         assert!(
             parse_jwks(b"{\"keys\": []}", "t")
