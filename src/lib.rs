@@ -10,6 +10,7 @@
 //! - [`codec`] and [`wire`]: messages as wire bytes; shallow scans and byte-preserving edits.
 //! - [`object_log`]: the Object as canonical JSON with secrets redacted.
 //! - [`event_log`]: event payloads as JSON with the key redacted and the request dump hashed.
+//! - [`hex`]: lower-case hex, the one encoder.
 //! - [`limits`]: message size and in-flight byte budgets.
 //! - [`charge`]: a call's message charged to the budget from its prefix, before its body.
 //! - [`response`]: finishing gRPC responses (size errors, budget held until sent).
@@ -39,6 +40,7 @@ pub mod dispatcher;
 pub mod event_log;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod hex;
 pub mod hooks;
 pub mod hygiene;
 pub mod lifecycle;

@@ -668,7 +668,7 @@ async fn api_keys_rotated_on_disk_are_read_in_the_background_and_calls_never_rea
         let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
         let text = format!(
             "[[keys]]\nsha256 = \"{}\"\nname = \"team\"\napis = [\"04e911d3012646d97fcdd6c846fafc4b\"]\n",
-            tyk_dispatcher::hooks::steps::grants::hex(digest.as_ref())
+            tyk_dispatcher::hex::encode(digest.as_ref())
         );
         // Replaced by rename, as a Secret volume does.
         std::fs::write(dir.path().join("keys.staged"), text).unwrap();
@@ -766,11 +766,9 @@ async fn the_custom_auth_example_serves_its_step_with_the_same_telemetry() {
         401
     );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature: String = ring::hmac::sign(&key, b"GET /basic-authentication-valid/get")
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let signature = tyk_dispatcher::hex::encode(
+        ring::hmac::sign(&key, b"GET /basic-authentication-valid/get").as_ref(),
+    );
     call.request
         .as_mut()
         .unwrap()

@@ -262,7 +262,7 @@ mod tests {
     use crate::hooks::steps::tests::{cx, run_step, step_config};
 
     fn sha(key: &str) -> String {
-        grants::hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+        crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
     }
 
     fn setup(keys: &str) -> (tempfile::TempDir, ApiKeyAuth) {
