@@ -81,7 +81,8 @@ impl Step for SignedRequestAuth {
         };
         let path = request.url.split('?').next().unwrap_or("");
         let signed = format!("{} {path}", request.method);
-        let expected = grants::hex(ring::hmac::sign(&self.secret, signed.as_bytes()).as_ref());
+        let expected =
+            tyk_dispatcher::hex::encode(ring::hmac::sign(&self.secret, signed.as_bytes()).as_ref());
         // Compare in constant time.
         let matches = expected.len() == signature.len()
             && expected

@@ -301,6 +301,8 @@ impl AppBuilder {
 impl App {
     /// An [`AppBuilder`] for `config`, to register custom steps or config reload.
     pub fn builder(config: Config) -> AppBuilder {
+        // Before anything could build a TLS client or server: the JWKS and OTLP clients need it.
+        crate::tls::crypto_provider();
         AppBuilder {
             config,
             registry: StepRegistry::builtin(),
@@ -398,7 +400,7 @@ impl App {
         }
         if let Some(tls) = &tls {
             let interval = std::time::Duration::from_secs(config.tls_reload_interval_secs);
-            tokio::spawn(tls.clone().watch(interval, admin_stop.clone()));
+            tls.watch(interval, &admin_stop);
         }
         let mut accept_loops = Vec::new();
         for (listener, tls) in grpc {

@@ -133,7 +133,16 @@ fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
             Err(err) => tracing::warn!(error = %err, "cannot read the open-file limit"),
         }
         let stop = CancellationToken::new();
-        tokio::spawn(lifecycle::stop_on_signals(stop.clone()));
+        let on_signal = stop.clone();
+        tokio::spawn(async move {
+            // Without the handlers a SIGTERM kills the process undrained: say so, and serve on.
+            if let Err(err) = lifecycle::stop_on_signals(on_signal).await {
+                tracing::error!(
+                    error = %err,
+                    "cannot install the SIGTERM/SIGINT handlers: a signal will stop the server without draining"
+                );
+            }
+        });
         app.run_until_stopped(stop).await
     })?;
     // Let connection tasks wind down without blocking exit.

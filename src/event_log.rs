@@ -169,11 +169,7 @@ mod tests {
     use serde_json::json;
 
     fn sha256_hex(bytes: &[u8]) -> String {
-        ring::digest::digest(&ring::digest::SHA256, bytes)
-            .as_ref()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect()
+        crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
     }
 
     const REQUEST: &str = "GET /x HTTP/1.1\r\nHost: gw\r\nAuthorization: secretkey123\r\n\r\n";

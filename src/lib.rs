@@ -31,6 +31,8 @@ pub mod app;
 pub mod cli;
 pub mod codec;
 pub mod config;
+/// Lower-case hex, for steps that print digests and signatures.
+pub mod hex;
 pub mod hooks;
 pub mod pb;
 
@@ -56,6 +58,7 @@ pub(crate) mod server;
 pub(crate) mod stream_watch;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod watch;
 pub(crate) mod wire;
 
 pub use app::{App, AppBuilder, AppError};

@@ -40,8 +40,7 @@ pub fn is_secret_name(name: &str) -> bool {
 /// `{"bytes": N, "sha256": "<hex>"}`: what stands in for a body (or a request dump).
 pub(crate) fn body_summary(bytes: &[u8]) -> Value {
     let digest = ring::digest::digest(&ring::digest::SHA256, bytes);
-    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-    json!({ "bytes": bytes.len(), "sha256": hex })
+    json!({ "bytes": bytes.len(), "sha256": crate::hex::encode(digest.as_ref()) })
 }
 
 fn redact_named(map: Option<&mut Value>) {

@@ -1,27 +1,17 @@
 //! Puts edited hooks in force without a restart: the config file is compared every few seconds
-//! (Kubernetes ConfigMap volumes swap a `..data` symlink, so contents are compared, not inodes);
-//! a changed file is loaded and validated in full, and its hooks are swapped in atomically. On any
-//! problem the hooks in force stay, and the failure is logged and counted.
+//! ([`crate::watch`]); a changed file is loaded and validated in full, and its hooks are swapped
+//! in atomically. On any problem the hooks in force stay, and the failure is logged and counted.
 
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{self, Sources, sources::ENV_CONFIG},
+    config::{self, Sources},
     hooks::{HookTable, Hooks},
     metrics::Metrics,
+    watch::{FileReads, FileWatch},
 };
-
-fn config_file(sources: &Sources) -> Option<std::path::PathBuf> {
-    sources.file.clone().or_else(|| {
-        sources
-            .env
-            .iter()
-            .find(|(name, _)| name == ENV_CONFIG)
-            .map(|(_, value)| value.into())
-    })
-}
 
 /// Watches the config file of `sources` until `stop`; does nothing without a file.
 pub async fn watch(
@@ -31,22 +21,15 @@ pub async fn watch(
     interval: Duration,
     stop: CancellationToken,
 ) {
-    let Some(path) = config_file(&sources) else {
+    let Some(path) = sources.config_file() else {
         return;
     };
-    let mut seen = std::fs::read(&path).ok();
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticker.tick() => {}
-        }
-        let current = std::fs::read(&path).ok();
-        if current == seen {
-            continue;
-        }
-        seen = current;
+    // The hooks in force were loaded from what the file holds now (near enough: it was read at
+    // start); `config::load` reads the file itself, this read is what later ones compare with.
+    let mut in_force = FileReads::default();
+    let _ = in_force.read(&path);
+    let watch = FileWatch::new(in_force, move |files| {
+        let _ = files.read(&path);
         match reload(&sources, &hooks, &metrics) {
             Ok(count) => {
                 metrics.config_reload(true);
@@ -61,7 +44,8 @@ pub async fn watch(
                 );
             }
         }
-    }
+    });
+    watch.run(interval, stop).await;
 }
 
 /// Loads `sources` and puts their hooks in force; returns how many there are.

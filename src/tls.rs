@@ -1,8 +1,6 @@
 //! rustls server configuration from PEM files (TLS 1.2+, ALPN h2, optional client
-//! certificates), reloaded when the files change.
-//!
-//! Kubernetes Secret volumes and cert-manager replace files by swapping a `..data` symlink, so
-//! changes are found by polling the files' contents rather than watching inodes.
+//! certificates), reloaded when the files change ([`crate::watch`]: their contents are polled,
+//! as Kubernetes Secret volumes and cert-manager swap a `..data` symlink).
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +8,6 @@ use std::{
     time::Duration,
 };
 
-use arc_swap::ArcSwap;
 use rustls::{
     RootCertStore, ServerConfig,
     crypto::CryptoProvider,
@@ -19,7 +16,10 @@ use rustls::{
 };
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Problem;
+use crate::{
+    config::Problem,
+    watch::{FileReads, Watched},
+};
 
 /// A TLS configuration problem, naming the file.
 ///
@@ -74,8 +74,8 @@ pub struct TlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|reason| TlsError::Read {
+fn read(files: &mut FileReads, path: &Path) -> Result<Vec<u8>, TlsError> {
+    files.read(path).map_err(|reason| TlsError::Read {
         path: path.to_path_buf(),
         reason,
     })
@@ -98,16 +98,27 @@ fn certificates(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>,
     Ok(certs)
 }
 
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+/// The process-wide rustls crypto provider: the one installed (a custom server's `main` may have
+/// chosen its own), else ring, installed now. Called at start ([`crate::App::builder`]) so that
+/// everything speaking TLS uses the same one: these listeners, tonic's OTLP channel, reqwest's
+/// JWKS and OTLP/HTTP clients (which panic when none is installed).
+pub fn crypto_provider() -> Arc<CryptoProvider> {
+    if let Some(installed) = CryptoProvider::get_default() {
+        return installed.clone();
+    }
+    // Losing a race to another installer is fine: the winner is the default either way.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::ring::default_provider()))
 }
 
 impl TlsFiles {
-    /// The current contents of every file, to notice changes.
-    fn contents(&self) -> Result<Vec<Vec<u8>>, TlsError> {
-        let mut all = vec![read(&self.cert)?, read(&self.key)?];
+    /// The current contents of every file, read through `files`.
+    fn contents(&self, files: &mut FileReads) -> Result<Vec<Vec<u8>>, TlsError> {
+        let mut all = vec![read(files, &self.cert)?, read(files, &self.key)?];
         if let Some(ca) = &self.client_ca {
-            all.push(read(ca)?);
+            all.push(read(files, ca)?);
         }
         Ok(all)
     }
@@ -145,11 +156,17 @@ impl TlsFiles {
         }
     }
 
-    fn build(&self, contents: &[Vec<u8>]) -> Result<Arc<ServerConfig>, TlsError> {
+    /// A server configuration from the files, read through `files`.
+    fn load(&self, files: &mut FileReads) -> Result<ServerConfig, TlsError> {
+        self.build(&self.contents(files)?)
+    }
+
+    fn build(&self, contents: &[Vec<u8>]) -> Result<ServerConfig, TlsError> {
         let chain = certificates(&self.cert, &contents[0])?;
         let key = PrivateKeyDer::from_pem_slice(&contents[1])
             .map_err(|err| pem_error(&self.key, format!("no usable private key: {err}")))?;
-        let builder = ServerConfig::builder_with_provider(provider())
+        let provider = crypto_provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
             .map_err(|reason| TlsError::Config {
                 cert: self.cert.clone(),
@@ -166,7 +183,7 @@ impl TlsFiles {
                     })?;
                 }
                 let verifier =
-                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                         .build()
                         .map_err(|err| TlsError::ClientCa {
                             path: path.clone(),
@@ -186,7 +203,7 @@ impl TlsFiles {
                 })?;
         // gRPC is HTTP/2 only.
         config.alpn_protocols = vec![b"h2".to_vec()];
-        Ok(Arc::new(config))
+        Ok(config)
     }
 }
 
@@ -194,9 +211,7 @@ impl TlsFiles {
 /// newest certificate, established ones keep theirs.
 #[derive(Debug)]
 pub struct ReloadingConfig {
-    files: TlsFiles,
-    current: ArcSwap<ServerConfig>,
-    contents: std::sync::Mutex<Vec<Vec<u8>>>,
+    current: Watched<ServerConfig>,
 }
 
 impl ReloadingConfig {
@@ -205,58 +220,28 @@ impl ReloadingConfig {
     /// # Errors
     /// A [`TlsError`] naming the file at fault.
     pub fn load(files: TlsFiles) -> Result<Arc<Self>, TlsError> {
-        let contents = files.contents()?;
-        let config = files.build(&contents)?;
-        Ok(Arc::new(Self {
-            files,
-            current: ArcSwap::new(config),
-            contents: std::sync::Mutex::new(contents),
-        }))
+        let cert = files.cert.clone();
+        let current = Watched::load(
+            move |reads| files.load(reads),
+            move |outcome, _| match outcome {
+                Ok(_) => tracing::info!(cert = %cert.display(), "TLS certificate reloaded"),
+                Err(err) => tracing::warn!(
+                    error = %err,
+                    "TLS files changed but cannot be used; keeping the previous certificate"
+                ),
+            },
+        )?;
+        Ok(Arc::new(Self { current }))
     }
 
     /// The configuration for the next handshake.
     pub fn current(&self) -> Arc<ServerConfig> {
-        self.current.load_full()
+        self.current.current()
     }
 
-    /// Re-reads the files; swaps the configuration when they changed and still make a valid
-    /// one. Returns whether it swapped.
-    ///
-    /// # Errors
-    /// When the changed files do not make a valid configuration (the old one stays).
-    pub fn reload(&self) -> Result<bool, TlsError> {
-        let contents = self.files.contents()?;
-        let mut known = self
-            .contents
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if *known == contents {
-            return Ok(false);
-        }
-        let config = self.files.build(&contents)?;
-        self.current.store(config);
-        *known = contents;
-        Ok(true)
-    }
-
-    /// Polls the files every `interval` until `stop` is cancelled.
-    pub async fn watch(self: Arc<Self>, interval: Duration, stop: CancellationToken) {
-        let mut ticker = tokio::time::interval(interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                _ = ticker.tick() => {}
-            }
-            match self.reload() {
-                Ok(true) => {
-                    tracing::info!(cert = %self.files.cert.display(), "TLS certificate reloaded")
-                }
-                Ok(false) => {}
-                Err(err) => {
-                    tracing::warn!(error = %err, "TLS files changed but cannot be used; keeping the previous certificate")
-                }
-            }
-        }
+    /// Compares the files every `interval` in the background until `stop` is cancelled (or the
+    /// configuration is dropped); a change that makes a valid configuration is swapped in.
+    pub fn watch(&self, interval: Duration, stop: &CancellationToken) {
+        self.current.poll(interval, stop);
     }
 }

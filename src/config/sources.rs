@@ -205,6 +205,19 @@ impl Sources {
             cli,
         }
     }
+
+    /// The config file to read: `--config`, else `TYK_DISPATCHER_CONFIG` (its last value, as
+    /// for every other variable). The only place that decides it, so the load and the reload
+    /// watch read the same file.
+    pub fn config_file(&self) -> Option<PathBuf> {
+        self.file.clone().or_else(|| {
+            self.env
+                .iter()
+                .rev()
+                .find(|(name, _)| name == ENV_CONFIG)
+                .map(|(_, value)| PathBuf::from(value))
+        })
+    }
 }
 
 /// A loaded, completed and validated configuration.
@@ -276,18 +289,17 @@ fn is_service_link(suffix: &str) -> bool {
     matches!(proto, "TCP" | "UDP" | "SCTP") && matches!(field, "" | "PROTO" | "PORT" | "ADDR")
 }
 
-/// Our variables as a figment dictionary of strings (converted by `extract_lossy`), plus the
-/// config file they name and the problems found.
-fn scan_env(env: &[(String, String)]) -> (Dict, Option<PathBuf>, Vec<Problem>) {
+/// Our variables as a figment dictionary of strings (converted by `extract_lossy`), and the
+/// problems found. The config file variable is [`Sources::config_file`]'s.
+fn scan_env(env: &[(String, String)]) -> (Dict, Vec<Problem>) {
     let mut dict = Dict::new();
-    let mut file = None;
     let mut problems = Vec::new();
     for (name, value) in env {
         let Some(suffix) = name.strip_prefix(ENV_PREFIX) else {
             continue;
         };
         if name == ENV_CONFIG {
-            file = Some(PathBuf::from(value));
+            // The file, not a setting: [`Sources::config_file`] picks it up.
         } else if let Some(key) = KEYS.iter().find(|key| key.eq_ignore_ascii_case(suffix)) {
             dict.insert((*key).to_string(), Value::from(value.clone()));
         } else if !is_service_link(suffix) {
@@ -297,7 +309,7 @@ fn scan_env(env: &[(String, String)]) -> (Dict, Option<PathBuf>, Vec<Problem>) {
             ));
         }
     }
-    (dict, file, problems)
+    (dict, problems)
 }
 
 fn known_env_names() -> String {
@@ -391,8 +403,8 @@ fn figment_problems(err: figment::Error) -> Vec<Problem> {
 /// # Errors
 /// [`Problems`], one per key at fault.
 pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
-    let (env_dict, env_file, mut problems) = scan_env(&sources.env);
-    let file = sources.file.clone().or(env_file);
+    let (env_dict, mut problems) = scan_env(&sources.env);
+    let file = sources.config_file();
 
     let mut otel_layer = super::otel::layer(&sources.env);
     if let Some(attributes) = sources
@@ -513,6 +525,37 @@ mod tests {
         fields.sort_unstable();
         keys.sort_unstable();
         assert_eq!(fields, keys);
+    }
+
+    #[test]
+    fn the_load_and_the_reload_watch_read_the_same_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = dir.path().join("first.toml");
+        let last = dir.path().join("last.toml");
+        std::fs::write(&first, "max_recv_bytes = 1000\n").unwrap();
+        std::fs::write(&last, "max_recv_bytes = 2000\n").unwrap();
+        // Named twice: the last value wins, as for every other variable.
+        let sources = Sources {
+            env: env(&[
+                (ENV_CONFIG, first.to_str().unwrap()),
+                (ENV_CONFIG, last.to_str().unwrap()),
+            ]),
+            ..Sources::default()
+        };
+        assert_eq!(sources.config_file().as_deref(), Some(last.as_path()));
+        let loaded = load(&sources).unwrap();
+        assert_eq!(loaded.file.as_deref(), Some(last.as_path()));
+        assert_eq!(loaded.config.max_recv_bytes, 2000);
+        // `--config` wins over the variable.
+        let flagged = Sources {
+            file: Some(first.clone()),
+            ..sources
+        };
+        assert_eq!(flagged.config_file().as_deref(), Some(first.as_path()));
+        assert_eq!(
+            load(&flagged).unwrap().file.as_deref(),
+            Some(first.as_path())
+        );
     }
 
     #[test]

@@ -393,9 +393,6 @@ fn http_transport(
     headers: &[(String, String)],
     timeout: Duration,
 ) -> Result<Transport, String> {
-    // reqwest uses the process-wide rustls provider: ring, our only crypto backend. An error
-    // means one is installed already.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     let map = header_map(headers)?;
     let url = reqwest::Url::parse(endpoint).map_err(|err| format!("not a valid URL: {err}"))?;
     let client = reqwest::Client::builder()

@@ -319,11 +319,9 @@ async fn with_object_logging_event_payloads_are_logged_without_key_or_request() 
     // What Go's `Request.Write` dumps for the request the gateway refused.
     let request = "GET /x HTTP/1.1\r\nHost: gw.example\r\nUser-Agent: curl/8.1.2\r\nAuthorization: secretkey123\r\n\r\n";
     let dump = base64(request.as_bytes());
-    let sha256: String = ring::digest::digest(&ring::digest::SHA256, request.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let sha256 = tyk_dispatcher::hex::encode(
+        ring::digest::digest(&ring::digest::SHA256, request.as_bytes()).as_ref(),
+    );
     let long_path = format!("/{}", "p".repeat(3000));
     // gateway/coprocess_events.go: the event (`message`) with its Meta, the handler's name and
     // the API's IDs; an AuthFailure's Meta is `EventKeyFailureMeta` (gateway/event_system.go).

@@ -640,6 +640,70 @@ async fn a_hook_config_edited_on_disk_takes_effect_and_a_broken_edit_is_refused(
     app.shutdown().await;
 }
 
+/// An `api_key_auth` call with `key`: whether a session came back, and the status.
+async fn authenticate(app: &TestApp, key: &str) -> (bool, i32) {
+    let mut call = object(pb::HookType::CustomKeyCheck, "Auth");
+    let request = call.request.as_mut().unwrap();
+    request
+        .headers
+        .insert("Authorization".into(), format!("Bearer {key}"));
+    let reply = dispatch(app, &call).await;
+    let status = reply
+        .request
+        .unwrap()
+        .return_overrides
+        .unwrap()
+        .response_code;
+    (reply.session.is_some(), status)
+}
+
+#[tokio::test]
+async fn api_keys_rotated_on_disk_are_read_in_the_background_and_calls_never_read_the_files() {
+    // The steps compare their files every 5 s.
+    let reload_every = Duration::from_secs(5);
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.toml");
+    let secret_file = dir.path().join("secret");
+    let write_keys = |key: &str| {
+        let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
+        let text = format!(
+            "[[keys]]\nsha256 = \"{}\"\nname = \"team\"\napis = [\"04e911d3012646d97fcdd6c846fafc4b\"]\n",
+            tyk_dispatcher::hex::encode(digest.as_ref())
+        );
+        // Replaced by rename, as a Secret volume does.
+        std::fs::write(dir.path().join("keys.staged"), text).unwrap();
+        std::fs::rename(dir.path().join("keys.staged"), &keys_file).unwrap();
+    };
+    write_keys("first-key");
+    std::fs::write(&secret_file, "0123456789abcdef0123").unwrap();
+    let app = spawn_app(config_with(|c| {
+        c.hooks = vec![hook(
+            "Auth",
+            HookTypeName::CustomKeyCheck,
+            vec![step(
+                "api_key_auth",
+                serde_json::json!({"keys_file": keys_file, "secret_file": secret_file}),
+            )],
+        )];
+    }))
+    .await;
+    assert_eq!(authenticate(&app, "first-key").await, (true, -1));
+
+    write_keys("second-key");
+    // No call until the files are gone: only the background comparison can read the new keys.
+    tokio::time::sleep(reload_every + Duration::from_secs(2)).await;
+    std::fs::remove_file(&keys_file).unwrap();
+    std::fs::remove_file(&secret_file).unwrap();
+    assert_eq!(authenticate(&app, "second-key").await, (true, -1));
+    assert_eq!(authenticate(&app, "first-key").await, (false, 403));
+
+    // The deleted file is noticed and refused: the keys in force stay.
+    tokio::time::sleep(reload_every + Duration::from_secs(1)).await;
+    assert_eq!(authenticate(&app, "second-key").await, (true, -1));
+    assert_eq!(authenticate(&app, "first-key").await, (false, 403));
+    app.shutdown().await;
+}
+
 #[test]
 fn check_config_refuses_bad_hooks_with_clear_messages() {
     let dir = tempfile::tempdir().unwrap();
@@ -702,11 +766,9 @@ async fn the_custom_auth_example_serves_its_step_with_the_same_telemetry() {
         401
     );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature: String = ring::hmac::sign(&key, b"GET /basic-authentication-valid/get")
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let signature = tyk_dispatcher::hex::encode(
+        ring::hmac::sign(&key, b"GET /basic-authentication-valid/get").as_ref(),
+    );
     call.request
         .as_mut()
         .unwrap()

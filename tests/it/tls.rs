@@ -149,6 +149,8 @@ async fn missing_or_bad_certificate_files_fail_the_build_with_the_path() {
 }
 
 fn rustls_provider() {
-    // tonic's client needs a process-wide provider; the server passes its own explicitly.
+    // tonic's client needs the process-wide provider, which the app installs when built; these
+    // clients may connect before or without one. Ring, as the app would choose; losing a race
+    // to the app's own install is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -16,6 +16,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
+use tyk_dispatcher::hex::encode as hex;
 
 use crate::helpers::*;
 
@@ -100,10 +101,6 @@ fn text(attributes: &[KeyValue], key: &str) -> String {
         Some(Value::StringValue(s)) => s.clone(),
         other => panic!("{key}: {other:?}"),
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 async fn call_with_metadata(

@@ -36,8 +36,7 @@ use std::{collections::HashMap, path::PathBuf};
 use super::{
     canonical_header_name,
     grants::{self, Grants},
-    reloading::Reloading,
-    settings,
+    reloading, settings,
 };
 use crate::{
     hooks::{
@@ -45,6 +44,7 @@ use crate::{
         step::{Step, StepContext, StepError, StepOutcome},
     },
     pb,
+    watch::{FileReads, Watched},
 };
 
 fn default_header() -> String {
@@ -108,11 +108,12 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 
 /// [`load_keys`], for [`super::parsers`] (the fuzz harness).
 pub(super) fn check_keys_file(path: &std::path::Path) -> Result<(), String> {
-    load_keys(path).map(drop)
+    load_keys(&mut FileReads::default(), path).map(drop)
 }
 
-fn load_keys(path: &std::path::Path) -> Result<KeyIndex, String> {
-    let text = std::fs::read_to_string(path)
+fn load_keys(files: &mut FileReads, path: &std::path::Path) -> Result<KeyIndex, String> {
+    let text = files
+        .read_to_string(path)
         .map_err(|err| format!("cannot read keys_file {}: {err}", path.display()))?;
     let file: KeysFile =
         toml::from_str(&text).map_err(|err| format!("keys_file {}: {err}", path.display()))?;
@@ -142,7 +143,7 @@ fn load_keys(path: &std::path::Path) -> Result<KeyIndex, String> {
 /// See the module docs.
 pub struct ApiKeyAuth {
     keys_file: PathBuf,
-    keys: Reloading<KeyIndex>,
+    keys: Watched<KeyIndex>,
     secret: ring::hmac::Key,
     header: String,
     cache_secs: i64,
@@ -160,10 +161,11 @@ impl std::fmt::Debug for ApiKeyAuth {
 impl ApiKeyAuth {
     pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
         let settings: ApiKeySettings = settings(config)?;
-        let keys = load_keys(&settings.keys_file)?;
+        let keys_file = settings.keys_file.clone();
+        let keys = reloading::watch_files("API keys", move |files| load_keys(files, &keys_file))?;
         let secret = grants::read_secret(&settings.secret_file)?;
         Ok(Self {
-            keys: Reloading::new(keys, vec![settings.keys_file.clone()], "API keys"),
+            keys,
             keys_file: settings.keys_file,
             secret,
             header: canonical_header_name(&settings.header),
@@ -192,9 +194,6 @@ impl Step for ApiKeyAuth {
         object: &mut pb::Object,
         cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        self.keys.refresh(|| {
-            load_keys(&self.keys_file).map(|keys| (keys, vec![self.keys_file.clone()]))
-        });
         let Some(key) = object
             .request
             .as_ref()
@@ -263,7 +262,7 @@ mod tests {
     use crate::hooks::steps::tests::{cx, run_step, step_config};
 
     fn sha(key: &str) -> String {
-        grants::hex(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
+        crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
     }
 
     fn setup(keys: &str) -> (tempfile::TempDir, ApiKeyAuth) {

@@ -143,16 +143,8 @@ pub fn token(secret: &ring::hmac::Key, credential: &[u8]) -> String {
     hex(ring::hmac::sign(secret, credential).as_ref())
 }
 
-/// Lower-case hex.
-pub fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(DIGITS[usize::from(byte >> 4)] as char);
-        out.push(DIGITS[usize::from(byte & 15)] as char);
-    }
-    out
-}
+/// Lower-case hex, for custom steps that make tokens of their own: [`crate::hex::encode`].
+pub use crate::hex::encode as hex;
 
 /// Ends a custom-authentication call with a refusal, through `return_overrides` without
 /// `override_error`: the gateway answers with its own error template and fires AuthFailure, as
