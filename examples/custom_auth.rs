@@ -15,12 +15,12 @@
 //! grants = { apis = ["04e911d3012646d97fcdd6c846fafc4b"], rate = 10.0, per = 1.0 }
 //! ```
 
-use std::{path::PathBuf, process::ExitCode, sync::Arc};
+use std::{path::PathBuf, process::ExitCode};
 
 use serde::Deserialize;
 use tyk_dispatcher::{
     hooks::{
-        Step, StepConfig, StepContext, StepError, StepKind, StepOutcome,
+        BuildError, Step, StepConfig, StepContext, StepError, StepKind, StepOutcome,
         steps::{AUTH_HOOK, grants, settings},
     },
     pb,
@@ -46,25 +46,21 @@ impl std::fmt::Debug for SignedRequestAuth {
 }
 
 impl SignedRequestAuth {
-    fn build(config: &StepConfig) -> Result<Arc<dyn Step>, String> {
+    fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let Settings {
             secret_file,
             grants,
         } = settings(config)?;
         grants.validate()?;
-        Ok(Arc::new(Self {
+        Ok(Self {
             secret: grants::read_secret(&secret_file)?,
             grants,
-        }))
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl Step for SignedRequestAuth {
-    fn kind(&self) -> &str {
-        "signed_request_auth"
-    }
-
     fn authenticates(&self) -> bool {
         true
     }
@@ -81,8 +77,7 @@ impl Step for SignedRequestAuth {
         };
         let path = request.url.split('?').next().unwrap_or("");
         let signed = format!("{} {path}", request.method);
-        let expected =
-            tyk_dispatcher::hex::encode(ring::hmac::sign(&self.secret, signed.as_bytes()).as_ref());
+        let expected = grants::hex(ring::hmac::sign(&self.secret, signed.as_bytes()).as_ref());
         // Compare in constant time.
         let matches = expected.len() == signature.len()
             && expected
@@ -106,12 +101,10 @@ impl Step for SignedRequestAuth {
 
 fn main() -> ExitCode {
     tyk_dispatcher::cli::main(|builder| {
-        builder.step(
+        builder.step(StepKind::new(
             "signed_request_auth",
-            StepKind {
-                hook_types: AUTH_HOOK,
-                build: Arc::new(SignedRequestAuth::build),
-            },
-        )
+            AUTH_HOOK,
+            SignedRequestAuth::build,
+        ))
     })
 }

@@ -140,10 +140,10 @@ pub struct AppBuilder {
 }
 
 impl AppBuilder {
-    /// Registers a custom step kind, usable in hooks as `kind = "<name>"`.
+    /// Registers a custom step kind, usable in hooks as `kind = "<its name>"`.
     #[must_use]
-    pub fn step(mut self, name: impl Into<String>, kind: StepKind) -> Self {
-        self.registry.register(name, kind);
+    pub fn step(mut self, kind: StepKind) -> Self {
+        self.registry.register(kind);
         self
     }
 

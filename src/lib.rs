@@ -31,8 +31,6 @@ pub mod app;
 pub mod cli;
 pub mod codec;
 pub mod config;
-/// Lower-case hex, for steps that print digests and signatures.
-pub mod hex;
 pub mod hooks;
 pub mod pb;
 
@@ -45,6 +43,7 @@ pub(crate) mod call;
 pub(crate) mod charge;
 pub(crate) mod dispatcher;
 pub(crate) mod event_log;
+pub(crate) mod hex;
 pub(crate) mod hygiene;
 pub(crate) mod lifecycle;
 pub(crate) mod limits;

@@ -22,7 +22,7 @@ mod table;
 
 pub use config::{HookConfig, HookTypeName, OnError, StepConfig, UnknownHooks};
 pub use parts::ObjectParts;
-pub use step::{Step, StepContext, StepError, StepOutcome};
+pub use step::{BuildError, Cause, Step, StepContext, StepError, StepOutcome};
 pub use steps::{StepKind, StepRegistry};
 
 pub(crate) use edit::reply_bytes;

@@ -84,6 +84,15 @@ impl ObjectParts {
         }
     }
 
+    /// Every part not in this set.
+    #[must_use]
+    pub const fn complement(self) -> Self {
+        Self {
+            object: Self::ALL.object & !self.object,
+            request: Self::ALL.request & !self.request,
+        }
+    }
+
     /// Whether this is every part.
     pub fn is_all(self) -> bool {
         self == Self::ALL

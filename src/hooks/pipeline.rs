@@ -18,7 +18,7 @@ use super::{
     edit,
     parts::ObjectParts,
     route::Answer,
-    step::{Step, StepContext, StepOutcome},
+    step::{Step, StepContext, StepError, StepOutcome},
     steps::StepRegistry,
 };
 use crate::{
@@ -67,13 +67,20 @@ pub struct Pipeline {
     pub name: Arc<str>,
     /// The hook type.
     pub hook_type: HookType,
-    steps: Vec<Arc<dyn Step>>,
+    steps: Vec<KindedStep>,
     deadline: Duration,
     on_error: OnError,
     dry_run: bool,
     /// What the steps (and a fail-closed answer) read or change: all that is decoded.
     parts: ObjectParts,
     counters: OnceLock<PipelineCounters>,
+}
+
+/// A built step and the name of its kind (its metrics label and span name).
+#[derive(Debug)]
+struct KindedStep {
+    kind: Arc<str>,
+    step: Arc<dyn Step>,
 }
 
 /// Metric handles of one pipeline, made on its first run.
@@ -95,8 +102,17 @@ impl Pipeline {
         let mut problems = Vec::new();
         for (i, step) in config.steps.iter().enumerate() {
             match registry.build(step, hook_type) {
-                Ok(step) => steps.push(step),
-                Err(err) => problems.push(Problem::new(format!("steps[{i}]"), err)),
+                Ok(built) => steps.push(KindedStep {
+                    kind: Arc::from(step.kind.as_str()),
+                    step: built,
+                }),
+                Err(err) => {
+                    let key = match &err.setting {
+                        Some(setting) => format!("steps[{i}].{setting}"),
+                        None => format!("steps[{i}]"),
+                    };
+                    problems.push(Problem::new(key, err.message));
+                }
             }
         }
         if config.deadline_ms == 0 {
@@ -111,7 +127,7 @@ impl Pipeline {
         };
         let parts = steps
             .iter()
-            .fold(fail_closed_parts, |parts, step| parts.union(step.parts()));
+            .fold(fail_closed_parts, |parts, s| parts.union(s.step.parts()));
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             hook_type,
@@ -167,10 +183,16 @@ impl Pipeline {
         span: &CallSpan,
     ) -> Result<Outcome, StepFailure> {
         let mut outcome = Outcome::Unchanged;
-        for (step, counters) in self.steps.iter().zip(&counters.steps) {
-            let step_span = span.child(step.kind());
+        for (KindedStep { kind, step }, counters) in self.steps.iter().zip(&counters.steps) {
+            let step_span = span.child(kind);
+            #[cfg(debug_assertions)]
+            let unchanged = (!step.parts().is_all()).then(|| object.clone());
             match run_step(step.as_ref(), object, cx).await {
                 Ok(step_outcome) => {
+                    #[cfg(debug_assertions)]
+                    if let Some(before) = &unchanged {
+                        check_declared_parts(kind, step.parts(), before, object);
+                    }
                     let run = StepRun::from(step_outcome);
                     counters.ran(run);
                     if let Some(decision) = AuthDecision::of(step_outcome) {
@@ -250,7 +272,7 @@ impl Pipeline {
             steps: self
                 .steps
                 .iter()
-                .map(|s| metrics.step_counters(&self.name, s.kind(), s.authenticates()))
+                .map(|s| metrics.step_counters(&self.name, &s.kind, s.step.authenticates()))
                 .collect(),
             failures: metrics.hook_failure_counters(&self.name),
         })
@@ -332,7 +354,7 @@ async fn run_step(
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(err)) => Err(StepFailure {
             reason: Failure::StepError,
-            message: err.0,
+            message: with_causes(&err),
         }),
         Err(panic) => Err(StepFailure {
             reason: Failure::Panic,
@@ -351,6 +373,46 @@ fn call_outcome(so_far: Outcome, step: StepOutcome) -> Outcome {
         StepOutcome::Responded | StepOutcome::Denied => Outcome::Responded,
         _ => so_far,
     }
+}
+
+/// `err`'s message followed by its causes', as one line.
+fn with_causes(err: &StepError) -> String {
+    let mut message = err.to_string();
+    let mut cause = std::error::Error::source(err);
+    while let Some(err) = cause {
+        message.push_str(": ");
+        message.push_str(&err.to_string());
+        cause = err.source();
+    }
+    message
+}
+
+/// In debug builds (a custom step's tests, ours), a step that changed parts of the Object its
+/// `parts()` does not declare is a bug: in a hook that decodes only the declared parts, what it
+/// wrote would replace what the gateway sent. It panics, naming the step.
+#[cfg(debug_assertions)]
+fn check_declared_parts(
+    kind: &str,
+    declared: ObjectParts,
+    before: &pb::Object,
+    after: &pb::Object,
+) {
+    use prost::Message;
+    let undeclared = declared.complement();
+    let select = |object: &pb::Object| {
+        // A request made where none came is not a change of its own: what counts is which of
+        // its fields were written.
+        let mut object = object.clone();
+        object.request.get_or_insert_with(Default::default);
+        let mut out = Vec::new();
+        // Our own encoding: always well framed.
+        let _ = undeclared.select(&object.encode_to_vec(), &mut out);
+        out
+    };
+    assert!(
+        select(before) == select(after),
+        "step {kind:?} changed parts of the Object its parts() does not declare ({declared:?})"
+    );
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
@@ -375,5 +437,36 @@ pub fn fail_closed(object: &mut pb::Object, hook_type: HookType) {
             super::steps::respond_to_request(object, 403, FAILED_BODY, &headers, true)
         }
         _ => super::steps::respond_to_request(object, 503, FAILED_BODY, &headers, true),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_request_edit(object: &mut pb::Object) {
+        object
+            .request
+            .get_or_insert_with(Default::default)
+            .set_headers
+            .insert("X-A".into(), "1".into());
+    }
+
+    #[test]
+    fn a_change_inside_the_declared_parts_passes_the_check() {
+        let before = pb::Object::default();
+        let mut after = before.clone();
+        with_request_edit(&mut after);
+        check_declared_parts("ok", ObjectParts::REQUEST_HEADER_EDITS, &before, &after);
+    }
+
+    #[test]
+    #[should_panic(expected = "step \"sloppy\" changed parts of the Object its parts() does not declare")]
+    fn a_change_outside_the_declared_parts_fails_the_check() {
+        let before = pb::Object::default();
+        let mut after = before.clone();
+        with_request_edit(&mut after);
+        after.metadata.insert("team".into(), "a".into());
+        check_declared_parts("sloppy", ObjectParts::REQUEST_HEADER_EDITS, &before, &after);
     }
 }

@@ -33,20 +33,99 @@ impl StepOutcome {
     }
 }
 
-/// A step could not do its work; the hook's `on_error` policy answers instead.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("{0}")]
-pub struct StepError(pub String);
+/// The boxed cause of a [`StepError`] or [`BuildError`].
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// A step could not do its work; the hook's `on_error` policy answers instead. The message (and
+/// its cause's) is logged with the hook's name: it must not hold secrets.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct StepError {
+    message: String,
+    #[source]
+    cause: Option<Cause>,
+}
 
 impl StepError {
-    /// An error with this message (which must not contain secrets).
+    /// An error with this message.
     pub fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self {
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// An error with this message, caused by `cause` (say, an I/O or HTTP error).
+    pub fn with_cause(message: impl Into<String>, cause: impl Into<Cause>) -> Self {
+        Self {
+            message: message.into(),
+            cause: Some(cause.into()),
+        }
+    }
+
+    /// The message, without its cause.
+    pub fn message(&self) -> &str {
+        &self.message
     }
 }
 
-/// What a step knows about the call besides the Object.
+/// A step cannot be built from its settings. It is reported as a config problem under the
+/// step's key (`hooks[2].steps[1]`), followed by the setting at fault when there is one
+/// (`hooks[2].steps[1].headers.X-Id`). Shown alone, it reads `headers.X-Id: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{message}", setting.as_deref().map(|s| format!("{s}: ")).unwrap_or_default())]
+#[non_exhaustive]
+pub struct BuildError {
+    /// The setting at fault, as a path below the step (`headers.X-Id`), when there is one.
+    pub setting: Option<String>,
+    /// What is wrong, naming the value.
+    pub message: String,
+    #[source]
+    cause: Option<Cause>,
+}
+
+impl BuildError {
+    /// A problem with the step as a whole (a missing setting, settings that contradict).
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            setting: None,
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// A problem with one setting, at `setting` (a path below the step: `headers.X-Id`).
+    pub fn at(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            setting: Some(setting.into()),
+            message: message.into(),
+            cause: None,
+        }
+    }
+
+    /// The same problem, caused by `cause` (say, the error of reading a file it names).
+    #[must_use]
+    pub fn caused_by(mut self, cause: impl Into<Cause>) -> Self {
+        self.cause = Some(cause.into());
+        self
+    }
+}
+
+impl From<String> for BuildError {
+    fn from(message: String) -> Self {
+        Self::new(message)
+    }
+}
+
+impl From<&str> for BuildError {
+    fn from(message: &str) -> Self {
+        Self::new(message)
+    }
+}
+
+/// What a step knows about the call besides the Object. Fields may be added.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StepContext {
     /// The hook type of the call.
     pub hook_type: HookType,
@@ -70,9 +149,6 @@ impl StepContext {
 /// One step of a hook's pipeline.
 #[async_trait::async_trait]
 pub trait Step: Send + Sync + std::fmt::Debug + 'static {
-    /// The step's kind, as configured (`set_headers`, `api_key_auth`, …).
-    fn kind(&self) -> &str;
-
     /// Whether the step makes authentication decisions ([`StepOutcome::Allowed`] /
     /// [`StepOutcome::Denied`]); such steps get decision metrics.
     fn authenticates(&self) -> bool {

@@ -319,7 +319,7 @@ async fn with_object_logging_event_payloads_are_logged_without_key_or_request() 
     // What Go's `Request.Write` dumps for the request the gateway refused.
     let request = "GET /x HTTP/1.1\r\nHost: gw.example\r\nUser-Agent: curl/8.1.2\r\nAuthorization: secretkey123\r\n\r\n";
     let dump = base64(request.as_bytes());
-    let sha256 = tyk_dispatcher::hex::encode(
+    let sha256 = tyk_dispatcher::hooks::steps::grants::hex(
         ring::digest::digest(&ring::digest::SHA256, request.as_bytes()).as_ref(),
     );
     let long_path = format!("/{}", "p".repeat(3000));

@@ -1,7 +1,7 @@
 //! Hook pipelines over gRPC: built-in steps, byte-preserving edits, failure policies, dry runs,
 //! unknown hooks, custom steps, and reload from the config file.
 
-use std::{sync::Arc, time::Duration};
+use std::time::Duration;
 
 use prost::Message;
 use tyk_dispatcher::{
@@ -367,10 +367,6 @@ struct Misbehave {
 
 #[async_trait::async_trait]
 impl Step for Misbehave {
-    fn kind(&self) -> &str {
-        if self.panic { "panic" } else { "sleep" }
-    }
-
     async fn run(
         &self,
         _object: &mut pb::Object,
@@ -385,17 +381,15 @@ impl Step for Misbehave {
 }
 
 async fn spawn_with_misbehaving_steps(config: Config) -> TestApp {
-    let sleep = StepKind {
-        hook_types: tyk_dispatcher::hooks::steps::ALL_HOOKS,
-        build: Arc::new(|_| Ok(Arc::new(Misbehave { panic: false }) as Arc<dyn Step>)),
-    };
-    let panic = StepKind {
-        hook_types: tyk_dispatcher::hooks::steps::ALL_HOOKS,
-        build: Arc::new(|_| Ok(Arc::new(Misbehave { panic: true }) as Arc<dyn Step>)),
-    };
+    let sleep = StepKind::new("sleep", tyk_dispatcher::hooks::steps::ALL_HOOKS, |_| {
+        Ok(Misbehave { panic: false })
+    });
+    let panic = StepKind::new("panic", tyk_dispatcher::hooks::steps::ALL_HOOKS, |_| {
+        Ok(Misbehave { panic: true })
+    });
     let app = App::builder(config)
-        .step("sleep", sleep)
-        .step("panic", panic)
+        .step(sleep)
+        .step(panic)
         .build()
         .await
         .unwrap();
@@ -668,7 +662,7 @@ async fn api_keys_rotated_on_disk_are_read_in_the_background_and_calls_never_rea
         let digest = ring::digest::digest(&ring::digest::SHA256, key.as_bytes());
         let text = format!(
             "[[keys]]\nsha256 = \"{}\"\nname = \"team\"\napis = [\"04e911d3012646d97fcdd6c846fafc4b\"]\n",
-            tyk_dispatcher::hex::encode(digest.as_ref())
+            tyk_dispatcher::hooks::steps::grants::hex(digest.as_ref())
         );
         // Replaced by rename, as a Secret volume does.
         std::fs::write(dir.path().join("keys.staged"), text).unwrap();
@@ -766,7 +760,7 @@ async fn the_custom_auth_example_serves_its_step_with_the_same_telemetry() {
         401
     );
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes());
-    let signature = tyk_dispatcher::hex::encode(
+    let signature = tyk_dispatcher::hooks::steps::grants::hex(
         ring::hmac::sign(&key, b"GET /basic-authentication-valid/get").as_ref(),
     );
     call.request

@@ -16,7 +16,7 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
-use tyk_dispatcher::hex::encode as hex;
+use tyk_dispatcher::hooks::steps::grants::hex;
 
 use crate::helpers::*;
 

@@ -41,7 +41,7 @@ use super::{
 use crate::{
     hooks::{
         config::StepConfig,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
     watch::{FileReads, Watched},
@@ -159,7 +159,7 @@ impl std::fmt::Debug for ApiKeyAuth {
 }
 
 impl ApiKeyAuth {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let settings: ApiKeySettings = settings(config)?;
         let keys_file = settings.keys_file.clone();
         let keys = reloading::watch_files("API keys", move |files| load_keys(files, &keys_file))?;
@@ -181,10 +181,6 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 
 #[async_trait::async_trait]
 impl Step for ApiKeyAuth {
-    fn kind(&self) -> &str {
-        "api_key_auth"
-    }
-
     fn authenticates(&self) -> bool {
         true
     }
@@ -356,7 +352,7 @@ mod tests {
             "api_key_auth",
             serde_json::json!({"keys_file": dir.path().join("keys.toml"), "secret_file": dir.path().join("secret")}),
         ))
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(
             err.contains("keys.toml: key 1 (a): sha256 must be 64 hex digits"),
             "{err}"
@@ -373,7 +369,7 @@ mod tests {
             "api_key_auth",
             serde_json::json!({"keys_file": dir.path().join("keys.toml"), "secret_file": dir.path().join("missing")}),
         ))
-        .unwrap_err();
+        .unwrap_err().to_string();
         assert!(
             err.starts_with("cannot read secret_file ") && err.contains("missing"),
             "{err}"

@@ -21,7 +21,7 @@ use crate::{
     hooks::{
         config::StepConfig,
         parts::ObjectParts,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -40,7 +40,7 @@ pub struct ConfigDataHeaders {
 }
 
 impl ConfigDataHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let ConfigDataSettings { headers } = settings(config)?;
         if headers.is_empty() {
             return Err("needs at least one header".into());
@@ -48,8 +48,11 @@ impl ConfigDataHeaders {
         let mut pointers = Vec::with_capacity(headers.len());
         for (name, pointer) in headers {
             if !pointer.starts_with('/') {
-                return Err(format!(
-                    "headers.{name}: {pointer:?} is not a JSON pointer (it starts with '/', e.g. \"/team\")"
+                return Err(BuildError::at(
+                    format!("headers.{name}"),
+                    format!(
+                        "{pointer:?} is not a JSON pointer (it starts with '/', e.g. \"/team\")"
+                    ),
                 ));
             }
             pointers.push((canonical_header_name(&name), pointer));
@@ -68,10 +71,6 @@ fn header_value(value: &Value) -> Option<String> {
 
 #[async_trait::async_trait]
 impl Step for ConfigDataHeaders {
-    fn kind(&self) -> &str {
-        "config_data_headers"
-    }
-
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_HEADER_EDITS
     }
@@ -117,6 +116,7 @@ mod tests {
             "config_data_headers",
             serde_json::json!({ "headers": headers }),
         ))
+        .map_err(|err| err.to_string())
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::{
     hooks::{
         config::StepConfig,
         parts::ObjectParts,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -38,10 +38,13 @@ pub struct Delay {
 }
 
 impl Delay {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let DelaySettings { ms } = settings(config)?;
         if ms == 0 || ms > MAX_DELAY_MS {
-            return Err(format!("ms = {ms}: must be between 1 and {MAX_DELAY_MS}"));
+            return Err(BuildError::at(
+                "ms",
+                format!("{ms} must be between 1 and {MAX_DELAY_MS}"),
+            ));
         }
         Ok(Self {
             delay: Duration::from_millis(ms),
@@ -51,10 +54,6 @@ impl Delay {
 
 #[async_trait::async_trait]
 impl Step for Delay {
-    fn kind(&self) -> &str {
-        "delay"
-    }
-
     fn parts(&self) -> ObjectParts {
         ObjectParts::NONE
     }
@@ -77,9 +76,10 @@ mod tests {
     #[test]
     fn delays_out_of_range_are_refused() {
         for ms in [0, MAX_DELAY_MS + 1] {
-            let err =
-                Delay::build(&step_config("delay", serde_json::json!({ "ms": ms }))).unwrap_err();
-            assert_eq!(err, format!("ms = {ms}: must be between 1 and 60000"));
+            let err = Delay::build(&step_config("delay", serde_json::json!({ "ms": ms })))
+                .unwrap_err()
+                .to_string();
+            assert_eq!(err, format!("ms: {ms} must be between 1 and 60000"));
         }
     }
 

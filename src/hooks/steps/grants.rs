@@ -9,7 +9,7 @@ use std::{collections::BTreeMap, path::Path, time::SystemTime};
 
 use serde::Deserialize;
 
-use crate::pb;
+use crate::{hooks::BuildError, pb};
 
 /// A credential's grants.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -44,10 +44,12 @@ impl Grants {
     /// Checks the grants.
     ///
     /// # Errors
-    /// A message when no API is granted.
-    pub fn validate(&self) -> Result<(), String> {
+    /// When no API is granted.
+    pub fn validate(&self) -> Result<(), BuildError> {
         if self.apis.is_empty() {
-            return Err("apis is empty (a session without APIs would open every API)".into());
+            return Err(BuildError::new(
+                "apis is empty (a session without APIs would open every API)",
+            ));
         }
         Ok(())
     }
@@ -124,16 +126,17 @@ pub fn now_secs() -> i64 {
 /// The shared token secret, from a required file.
 ///
 /// # Errors
-/// A message naming the file (never its content).
-pub fn read_secret(path: &Path) -> Result<ring::hmac::Key, String> {
-    let secret = std::fs::read(path)
-        .map_err(|err| format!("cannot read secret_file {}: {err}", path.display()))?;
+/// What is wrong, naming the file (never its content).
+pub fn read_secret(path: &Path) -> Result<ring::hmac::Key, BuildError> {
+    let secret = std::fs::read(path).map_err(|err| {
+        BuildError::new(format!("cannot read secret_file {}: {err}", path.display())).caused_by(err)
+    })?;
     let trimmed = secret.trim_ascii();
     if trimmed.len() < 16 {
-        return Err(format!(
+        return Err(BuildError::new(format!(
             "secret_file {} holds fewer than 16 bytes",
             path.display()
-        ));
+        )));
     }
     Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, trimmed))
 }

@@ -24,7 +24,7 @@ use crate::{
     hooks::{
         config::StepConfig,
         parts::ObjectParts,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -103,7 +103,7 @@ pub struct SetHeaders {
 }
 
 impl SetHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let HeaderValues { headers } = settings(config)?;
         Ok(Self {
             headers: canonical_map(headers)?,
@@ -115,10 +115,6 @@ impl SetHeaders {
 impl Step for SetHeaders {
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_HEADER_EDITS
-    }
-
-    fn kind(&self) -> &str {
-        "set_headers"
     }
 
     async fn run(
@@ -143,7 +139,7 @@ pub struct DeleteHeaders {
 }
 
 impl DeleteHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let HeaderNames { names } = settings(config)?;
         Ok(Self {
             names: canonical_names(names)?,
@@ -155,10 +151,6 @@ impl DeleteHeaders {
 impl Step for DeleteHeaders {
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_HEADER_EDITS
-    }
-
-    fn kind(&self) -> &str {
-        "delete_headers"
     }
 
     async fn run(
@@ -245,7 +237,9 @@ struct ResponseHeaderSettings {
 
 /// `headers = { Name = "value", Other = ["a", "b"] }`, by Go canonical name. Errors name the
 /// header as configured.
-fn response_header_values(config: &StepConfig) -> Result<BTreeMap<String, Vec<String>>, String> {
+fn response_header_values(
+    config: &StepConfig,
+) -> Result<BTreeMap<String, Vec<String>>, BuildError> {
     let ResponseHeaderSettings { headers } = settings(config)?;
     if headers.is_empty() {
         return Err("needs at least one header".into());
@@ -255,7 +249,7 @@ fn response_header_values(config: &StepConfig) -> Result<BTreeMap<String, Vec<St
         let values = match value {
             serde_json::Value::String(value) => vec![value],
             serde_json::Value::Array(items) if items.is_empty() => {
-                return Err(format!("header {name:?}: needs at least one value"));
+                return Err(format!("header {name:?}: needs at least one value").into());
             }
             serde_json::Value::Array(items) => items
                 .into_iter()
@@ -266,17 +260,17 @@ fn response_header_values(config: &StepConfig) -> Result<BTreeMap<String, Vec<St
                 })
                 .collect::<Result<_, _>>()?,
             _ => {
-                return Err(format!(
-                    "header {name:?}: expected a string or an array of strings"
-                ));
+                return Err(
+                    format!("header {name:?}: expected a string or an array of strings").into(),
+                );
             }
         };
         let canonical = canonical_header_name(&name);
         // Two spellings of one name would silently lose one set of values.
         if let Some((first, _)) = out.get(&canonical) {
-            return Err(format!(
-                "header {canonical:?} is given twice ({first:?} and {name:?})"
-            ));
+            return Err(
+                format!("header {canonical:?} is given twice ({first:?} and {name:?})").into(),
+            );
         }
         out.insert(canonical, (name, values));
     }
@@ -296,14 +290,14 @@ pub struct ResponseHeaders {
 }
 
 impl ResponseHeaders {
-    pub(super) fn build_set(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build_set(config: &StepConfig) -> Result<Self, BuildError> {
         Ok(Self {
             headers: response_header_values(config)?,
             append: false,
         })
     }
 
-    pub(super) fn build_add(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build_add(config: &StepConfig) -> Result<Self, BuildError> {
         Ok(Self {
             headers: response_header_values(config)?,
             append: true,
@@ -315,14 +309,6 @@ impl ResponseHeaders {
 impl Step for ResponseHeaders {
     fn parts(&self) -> ObjectParts {
         ObjectParts::RESPONSE
-    }
-
-    fn kind(&self) -> &str {
-        if self.append {
-            "add_response_headers"
-        } else {
-            "set_response_headers"
-        }
     }
 
     async fn run(
@@ -350,7 +336,7 @@ pub struct DeleteResponseHeaders {
 }
 
 impl DeleteResponseHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let HeaderNames { names } = settings(config)?;
         Ok(Self {
             names: canonical_names(names)?,
@@ -362,10 +348,6 @@ impl DeleteResponseHeaders {
 impl Step for DeleteResponseHeaders {
     fn parts(&self) -> ObjectParts {
         ObjectParts::RESPONSE
-    }
-
-    fn kind(&self) -> &str {
-        "delete_response_headers"
     }
 
     async fn run(
@@ -510,14 +492,16 @@ mod tests {
             "set_headers",
             serde_json::json!({"header": {"a": "b"}}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("unknown field `header`"), "{err}");
         // A bad value names the setting it is in.
         let err = SetHeaders::build(&step_config(
             "set_headers",
             serde_json::json!({"headers": {"X-Id": 7}}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(
             err.starts_with("headers.X-Id: invalid type: integer `7`"),
             "{err}"
@@ -773,7 +757,8 @@ mod tests {
             ] {
                 let err = registry
                     .build(&step_config(kind, settings), pb::HookType::Response)
-                    .unwrap_err();
+                    .unwrap_err()
+                    .to_string();
                 assert_eq!(err, format!("step \"{kind}\": {expected}"));
             }
         }
@@ -785,7 +770,8 @@ mod tests {
                 ),
                 pb::HookType::Post,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "step \"add_response_headers\" cannot act on Post hooks (only on Response)"

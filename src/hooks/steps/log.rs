@@ -6,7 +6,7 @@ use super::settings;
 use crate::{
     hooks::{
         config::StepConfig,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     object_log, pb,
 };
@@ -20,7 +20,7 @@ struct LogSettings {}
 pub struct Log;
 
 impl Log {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let LogSettings {} = settings(config)?;
         Ok(Self)
     }
@@ -28,10 +28,6 @@ impl Log {
 
 #[async_trait::async_trait]
 impl Step for Log {
-    fn kind(&self) -> &str {
-        "log"
-    }
-
     async fn run(
         &self,
         object: &mut pb::Object,

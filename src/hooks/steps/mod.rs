@@ -66,7 +66,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     config::StepConfig,
-    step::{Step, StepError},
+    step::{BuildError, Step, StepError},
 };
 use crate::pb::{self, HookType};
 
@@ -93,21 +93,96 @@ pub const RESPONSE_HOOK: &[HookType] = &[HookType::Response];
 /// Custom authentication only.
 pub const AUTH_HOOK: &[HookType] = &[HookType::CustomKeyCheck];
 
-/// Builds a step from its settings; the message of an error names what is wrong.
-pub type StepFactory = Arc<dyn Fn(&StepConfig) -> Result<Arc<dyn Step>, String> + Send + Sync>;
+/// Builds a step of one kind from its settings.
+type StepFactory = Arc<dyn Fn(&StepConfig) -> Result<Arc<dyn Step>, BuildError> + Send + Sync>;
 
-/// A step kind: where it can act and how to build it.
+/// A step kind: its name in hook configs (`kind = "..."`), the hook types it can act on, and
+/// how to build it from its settings. The name is also the step's `step` label in metrics and
+/// its span's name.
+///
+/// ```
+/// use tyk_dispatcher::{
+///     hooks::{BuildError, Step, StepConfig, StepContext, StepError, StepKind, StepOutcome},
+///     hooks::steps::{REQUEST_HOOKS, settings},
+///     pb,
+/// };
+///
+/// /// Adds one fixed header to the request.
+/// #[derive(Debug)]
+/// struct Stamp {
+///     value: String,
+/// }
+///
+/// #[derive(serde::Deserialize)]
+/// struct StampSettings {
+///     value: String,
+/// }
+///
+/// impl Stamp {
+///     fn build(config: &StepConfig) -> Result<Self, BuildError> {
+///         let StampSettings { value } = settings(config)?;
+///         if value.is_empty() {
+///             return Err(BuildError::at("value", "must not be empty"));
+///         }
+///         Ok(Self { value })
+///     }
+/// }
+///
+/// #[async_trait::async_trait]
+/// impl Step for Stamp {
+///     async fn run(
+///         &self,
+///         object: &mut pb::Object,
+///         _cx: &StepContext,
+///     ) -> Result<StepOutcome, StepError> {
+///         let request = object.request.get_or_insert_with(Default::default);
+///         request.set_headers.insert("X-Stamp".into(), self.value.clone());
+///         Ok(StepOutcome::Modified)
+///     }
+/// }
+///
+/// let kind = StepKind::new("stamp", REQUEST_HOOKS, Stamp::build);
+/// assert_eq!(kind.name(), "stamp");
+/// ```
 #[derive(Clone)]
 pub struct StepKind {
-    /// Hook types the step can act on.
-    pub hook_types: &'static [HookType],
-    /// The builder.
-    pub build: StepFactory,
+    name: Arc<str>,
+    hook_types: &'static [HookType],
+    build: StepFactory,
+}
+
+impl StepKind {
+    /// A kind named `name`, acting on `hook_types`, whose steps `build` makes from their
+    /// settings.
+    pub fn new<S: Step>(
+        name: impl Into<Arc<str>>,
+        hook_types: &'static [HookType],
+        build: impl Fn(&StepConfig) -> Result<S, BuildError> + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            hook_types,
+            build: Arc::new(move |config| {
+                build(config).map(|step| Arc::new(step) as Arc<dyn Step>)
+            }),
+        }
+    }
+
+    /// The kind's name, as hook configs give it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The hook types its steps can act on.
+    pub fn hook_types(&self) -> &'static [HookType] {
+        self.hook_types
+    }
 }
 
 impl std::fmt::Debug for StepKind {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StepKind")
+            .field("name", &self.name)
             .field("hook_types", &self.hook_types)
             .finish_non_exhaustive()
     }
@@ -116,22 +191,23 @@ impl std::fmt::Debug for StepKind {
 /// Step kinds by name.
 #[derive(Debug, Clone)]
 pub struct StepRegistry {
-    kinds: HashMap<String, StepKind>,
+    kinds: HashMap<Arc<str>, StepKind>,
 }
 
 /// Parses a step's settings into its own type (unknown settings are refused).
 ///
 /// # Errors
-/// serde's message, after the path of the setting it is about (`headers.X-Id: invalid type:
-/// …`) when it is about one.
-pub fn settings<T: DeserializeOwned>(config: &StepConfig) -> Result<T, String> {
+/// serde's message, at the path of the setting it is about (`headers.X-Id`) when it is about
+/// one.
+pub fn settings<T: DeserializeOwned>(config: &StepConfig) -> Result<T, BuildError> {
     let value = serde_json::Value::Object(config.settings.clone());
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
+        let message = err.into_inner().to_string();
         if path == "." {
-            err.into_inner().to_string()
+            BuildError::new(message)
         } else {
-            format!("{path}: {}", err.into_inner())
+            BuildError::at(path, message)
         }
     })
 }
@@ -167,16 +243,6 @@ fn response_of(object: &mut pb::Object) -> Result<&mut pb::ResponseObject, StepE
         .ok_or_else(|| StepError::new("the Object has no response"))
 }
 
-fn kind<S: Step + 'static>(
-    hook_types: &'static [HookType],
-    build: fn(&StepConfig) -> Result<S, String>,
-) -> StepKind {
-    StepKind {
-        hook_types,
-        build: Arc::new(move |config| build(config).map(|step| Arc::new(step) as Arc<dyn Step>)),
-    }
-}
-
 impl Default for StepRegistry {
     fn default() -> Self {
         Self::builtin()
@@ -186,90 +252,87 @@ impl Default for StepRegistry {
 impl StepRegistry {
     /// The built-in kinds.
     pub fn builtin() -> Self {
-        let mut kinds = HashMap::new();
-        kinds.insert("log".to_string(), kind(ALL_HOOKS, log::Log::build));
-        kinds.insert(
-            "set_headers".to_string(),
-            kind(REQUEST_HOOKS, headers::SetHeaders::build),
-        );
-        kinds.insert(
-            "delete_headers".to_string(),
-            kind(REQUEST_HOOKS, headers::DeleteHeaders::build),
-        );
-        kinds.insert(
-            "set_response_headers".to_string(),
-            kind(RESPONSE_HOOK, headers::ResponseHeaders::build_set),
-        );
-        kinds.insert(
-            "add_response_headers".to_string(),
-            kind(RESPONSE_HOOK, headers::ResponseHeaders::build_add),
-        );
-        kinds.insert(
-            "delete_response_headers".to_string(),
-            kind(RESPONSE_HOOK, headers::DeleteResponseHeaders::build),
-        );
-        kinds.insert(
-            "add_params".to_string(),
-            kind(REQUEST_HOOKS, params::AddParams::build),
-        );
-        kinds.insert(
-            "delete_params".to_string(),
-            kind(REQUEST_HOOKS, params::DeleteParams::build),
-        );
-        kinds.insert(
-            "rewrite_url".to_string(),
-            kind(REQUEST_HOOKS, url::RewriteUrl::build),
-        );
-        kinds.insert(
-            "set_method".to_string(),
-            kind(REQUEST_HOOKS, url::SetMethod::build),
-        );
-        kinds.insert(
-            "respond".to_string(),
-            kind(ALL_HOOKS, respond::Respond::build),
-        );
-        kinds.insert(
-            "api_key_auth".to_string(),
-            kind(AUTH_HOOK, api_key::ApiKeyAuth::build),
-        );
-        kinds.insert("jwt_auth".to_string(), kind(AUTH_HOOK, jwt::JwtAuth::build));
-        kinds.insert("delay".to_string(), kind(ALL_HOOKS, fault::Delay::build));
-        kinds.insert(
-            "config_data_headers".to_string(),
-            kind(REQUEST_HOOKS, config_data::ConfigDataHeaders::build),
-        );
-        Self { kinds }
+        let mut registry = Self {
+            kinds: HashMap::new(),
+        };
+        for kind in [
+            StepKind::new("log", ALL_HOOKS, log::Log::build),
+            StepKind::new("set_headers", REQUEST_HOOKS, headers::SetHeaders::build),
+            StepKind::new(
+                "delete_headers",
+                REQUEST_HOOKS,
+                headers::DeleteHeaders::build,
+            ),
+            StepKind::new(
+                "set_response_headers",
+                RESPONSE_HOOK,
+                headers::ResponseHeaders::build_set,
+            ),
+            StepKind::new(
+                "add_response_headers",
+                RESPONSE_HOOK,
+                headers::ResponseHeaders::build_add,
+            ),
+            StepKind::new(
+                "delete_response_headers",
+                RESPONSE_HOOK,
+                headers::DeleteResponseHeaders::build,
+            ),
+            StepKind::new("add_params", REQUEST_HOOKS, params::AddParams::build),
+            StepKind::new("delete_params", REQUEST_HOOKS, params::DeleteParams::build),
+            StepKind::new("rewrite_url", REQUEST_HOOKS, url::RewriteUrl::build),
+            StepKind::new("set_method", REQUEST_HOOKS, url::SetMethod::build),
+            StepKind::new("respond", ALL_HOOKS, respond::Respond::build),
+            StepKind::new("api_key_auth", AUTH_HOOK, api_key::ApiKeyAuth::build),
+            StepKind::new("jwt_auth", AUTH_HOOK, jwt::JwtAuth::build),
+            StepKind::new("delay", ALL_HOOKS, fault::Delay::build),
+            StepKind::new(
+                "config_data_headers",
+                REQUEST_HOOKS,
+                config_data::ConfigDataHeaders::build,
+            ),
+        ] {
+            registry.register(kind);
+        }
+        registry
     }
 
-    /// Adds (or replaces) a kind.
-    pub fn register(&mut self, name: impl Into<String>, kind: StepKind) {
-        self.kinds.insert(name.into(), kind);
+    /// Adds (or replaces) a kind, under its name.
+    pub fn register(&mut self, kind: StepKind) {
+        self.kinds.insert(kind.name.clone(), kind);
     }
 
     /// Builds the step `config` describes for a hook of `hook_type`.
     ///
     /// # Errors
     /// An unknown kind, a kind that cannot act on this hook type, or bad settings.
-    pub fn build(&self, config: &StepConfig, hook_type: HookType) -> Result<Arc<dyn Step>, String> {
-        let Some(kind) = self.kinds.get(&config.kind) else {
-            let mut known: Vec<&str> = self.kinds.keys().map(String::as_str).collect();
+    pub fn build(
+        &self,
+        config: &StepConfig,
+        hook_type: HookType,
+    ) -> Result<Arc<dyn Step>, BuildError> {
+        let Some(kind) = self.kinds.get(config.kind.as_str()) else {
+            let mut known: Vec<&str> = self.kinds.keys().map(AsRef::as_ref).collect();
             known.sort_unstable();
-            return Err(format!(
+            return Err(BuildError::new(format!(
                 "unknown step kind {:?} (known: {})",
                 config.kind,
                 known.join(", ")
-            ));
+            )));
         };
         if !kind.hook_types.contains(&hook_type) {
             let allowed: Vec<&str> = kind.hook_types.iter().map(|t| t.as_str_name()).collect();
-            return Err(format!(
+            return Err(BuildError::new(format!(
                 "step {:?} cannot act on {} hooks (only on {})",
                 config.kind,
                 hook_type.as_str_name(),
                 allowed.join(", ")
-            ));
+            )));
         }
-        (kind.build)(config).map_err(|err| format!("step {:?}: {err}", config.kind))
+        (kind.build)(config).map_err(|mut err| {
+            err.message = format!("step {:?}: {}", config.kind, err.message);
+            err
+        })
     }
 }
 
@@ -318,7 +381,8 @@ pub(crate) mod tests {
                 &step_config("set_header", serde_json::json!({})),
                 pb::HookType::Pre,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(
             err.starts_with("unknown step kind \"set_header\" (known: "),
             "{err}"
@@ -331,7 +395,8 @@ pub(crate) mod tests {
                 ),
                 pb::HookType::Pre,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             err,
             "step \"set_response_headers\" cannot act on Pre hooks (only on Response)"
@@ -341,7 +406,8 @@ pub(crate) mod tests {
                 &step_config("set_headers", serde_json::json!({"headers": {}})),
                 pb::HookType::Pre,
             )
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert_eq!(err, "step \"set_headers\": needs at least one header");
     }
 }

@@ -10,7 +10,7 @@ use crate::{
     hooks::{
         config::StepConfig,
         parts::ObjectParts,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -34,7 +34,7 @@ pub struct AddParams {
 }
 
 impl AddParams {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let ParamValues { params } = settings(config)?;
         if params.is_empty() {
             return Err("needs at least one parameter".into());
@@ -47,10 +47,6 @@ impl AddParams {
 impl Step for AddParams {
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_PARAM_EDITS
-    }
-
-    fn kind(&self) -> &str {
-        "add_params"
     }
 
     async fn run(
@@ -75,7 +71,7 @@ pub struct DeleteParams {
 }
 
 impl DeleteParams {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let ParamNames { names } = settings(config)?;
         if names.is_empty() {
             return Err("needs at least one name".into());
@@ -88,10 +84,6 @@ impl DeleteParams {
 impl Step for DeleteParams {
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_PARAM_EDITS
-    }
-
-    fn kind(&self) -> &str {
-        "delete_params"
     }
 
     async fn run(

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     hooks::{
         config::StepConfig,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -111,10 +111,13 @@ pub struct Respond {
 }
 
 impl Respond {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let settings: RespondSettings = settings(config)?;
         if !(100..=599).contains(&settings.status) {
-            return Err(format!("status {} is not an HTTP status", settings.status));
+            return Err(BuildError::at(
+                "status",
+                format!("{} is not an HTTP status", settings.status),
+            ));
         }
         Ok(Self {
             status: settings.status,
@@ -173,10 +176,6 @@ pub(crate) fn replace_response(
 
 #[async_trait::async_trait]
 impl Step for Respond {
-    fn kind(&self) -> &str {
-        "respond"
-    }
-
     async fn run(
         &self,
         object: &mut pb::Object,

@@ -7,7 +7,7 @@ use crate::{
     hooks::{
         config::StepConfig,
         parts::ObjectParts,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -29,19 +29,23 @@ pub struct RewriteUrl {
 }
 
 impl RewriteUrl {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let RewriteSettings {
             pattern,
             replacement,
         } = settings(config)?;
         if replacement.contains('?') {
-            return Err(format!(
-                "replacement {replacement:?} holds a query, which the gateway reverts: use add_params / delete_params"
+            return Err(BuildError::at(
+                "replacement",
+                format!(
+                    "{replacement:?} holds a query, which the gateway reverts: use add_params / delete_params"
+                ),
             ));
         }
         if !replacement.starts_with('/') {
-            return Err(format!(
-                "replacement {replacement:?} must be a path starting with /"
+            return Err(BuildError::at(
+                "replacement",
+                format!("{replacement:?} must be a path starting with /"),
             ));
         }
         let pattern =
@@ -57,10 +61,6 @@ impl RewriteUrl {
 impl Step for RewriteUrl {
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_URL
-    }
-
-    fn kind(&self) -> &str {
-        "rewrite_url"
     }
 
     async fn run(
@@ -102,11 +102,14 @@ pub struct SetMethod {
 }
 
 impl SetMethod {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let MethodSettings { method } = settings(config)?;
         let method = method.to_ascii_uppercase();
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(format!("{method:?} is not an HTTP method"));
+            return Err(BuildError::at(
+                "method",
+                format!("{method:?} is not an HTTP method"),
+            ));
         }
         Ok(Self { method })
     }
@@ -116,10 +119,6 @@ impl SetMethod {
 impl Step for SetMethod {
     fn parts(&self) -> ObjectParts {
         ObjectParts::REQUEST_METHOD
-    }
-
-    fn kind(&self) -> &str {
-        "set_method"
     }
 
     async fn run(
@@ -172,13 +171,15 @@ mod tests {
             "rewrite_url",
             serde_json::json!({"pattern": "^/a", "replacement": "/b?x=1"}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("add_params"), "{err}");
         let err = RewriteUrl::build(&step_config(
             "rewrite_url",
             serde_json::json!({"pattern": "(", "replacement": "/b"}),
         ))
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(err.starts_with("bad pattern \"(\""), "{err}");
         assert!(
             SetMethod::build(&step_config(

@@ -82,7 +82,7 @@ use super::{
 use crate::{
     hooks::{
         config::StepConfig,
-        step::{Step, StepContext, StepError, StepOutcome},
+        step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
@@ -149,12 +149,12 @@ impl std::fmt::Debug for JwtAuth {
 }
 
 impl JwtAuth {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, String> {
+    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
         let settings: JwtSettings = settings(config)?;
         settings
             .grants
             .validate()
-            .map_err(|err| format!("grants: {err}"))?;
+            .map_err(|err| BuildError::at("grants", err.message))?;
         if settings.claims_to_metadata.iter().any(|c| c == "token") {
             return Err("claims_to_metadata cannot hold \"token\" (the session token)".into());
         }
@@ -203,10 +203,6 @@ fn deny(object: &mut pb::Object, reason: &str) -> StepOutcome {
 
 #[async_trait::async_trait]
 impl Step for JwtAuth {
-    fn kind(&self) -> &str {
-        "jwt_auth"
-    }
-
     fn authenticates(&self) -> bool {
         true
     }

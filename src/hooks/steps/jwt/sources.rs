@@ -403,9 +403,12 @@ mod tests {
             .run(&mut object, &cx(pb::HookType::CustomKeyCheck))
             .await
             .unwrap_err();
-        assert!(err.0.starts_with("no JWKS keys available ("), "{err}");
-        assert!(err.0.contains("500"), "{err}");
-        assert!(!err.0.contains(&token));
+        assert!(
+            err.message().starts_with("no JWKS keys available ("),
+            "{err}"
+        );
+        assert!(err.message().contains("500"), "{err}");
+        assert!(!err.message().contains(&token));
         // No token at all is still a plain 401, keys or not.
         assert_eq!(check(&step, None).await.0, StepOutcome::Denied);
     }

@@ -113,7 +113,8 @@ pub(super) fn setup(
     settings
         .entry("grants")
         .or_insert_with(|| serde_json::json!({"apis": ["api-1"], "quota_max": 5}));
-    let step = JwtAuth::build(&step_config("jwt_auth", Value::Object(settings)))?;
+    let step = JwtAuth::build(&step_config("jwt_auth", Value::Object(settings)))
+        .map_err(|err| err.to_string())?;
     Ok((dir, step))
 }
 
