@@ -12,7 +12,7 @@ use crate::{
     call::Refusals,
     charge::Charger,
     config::Sources,
-    config::{Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Problem, Problems},
+    config::{Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Listeners, Problem, Problems},
     dispatcher::{Dispatcher, LogSettings},
     hooks::{HookTable, Hooks, StepKind, StepRegistry},
     lifecycle::Lifecycle,
@@ -61,6 +61,7 @@ impl AppError {
 /// What a configuration builds into before anything binds, with every problem found on the way.
 struct Prepared {
     problems: Vec<Problem>,
+    listeners: Option<Listeners>,
     hooks: Option<HookTable>,
     tls: Option<Arc<ReloadingConfig>>,
 }
@@ -80,7 +81,10 @@ fn tls_files(config: &Config) -> Option<TlsFiles> {
 /// Validates `config`, builds its hooks, loads its TLS files and checks its trace export: all
 /// that can refuse a start short of binding, so `check-config` and the server agree.
 fn prepare(config: &Config, registry: &StepRegistry) -> Prepared {
-    let mut problems = config.validate().err().map(|p| p.0).unwrap_or_default();
+    let (listeners, mut problems) = match config.settle() {
+        Ok(listeners) => (Some(listeners), Vec::new()),
+        Err(Problems(problems)) => (None, problems),
+    };
     // A setting already reported (say, a file that does not exist) is not tried again: the
     // second message would repeat the first.
     let reported = |problems: &[Problem], keys: &[&str]| {
@@ -109,6 +113,7 @@ fn prepare(config: &Config, registry: &StepRegistry) -> Prepared {
     }
     Prepared {
         problems,
+        listeners,
         hooks,
         tls,
     }
@@ -186,9 +191,10 @@ impl AppBuilder {
             problems,
             hooks,
             tls,
+            listeners,
         } = prepare(&config, &registry);
-        let hooks = match hooks {
-            Some(table) if problems.is_empty() => table,
+        let (hooks, listeners) = match (hooks, listeners) {
+            (Some(table), Some(listeners)) if problems.is_empty() => (table, listeners),
             _ => return Err(Problems(problems).into()),
         };
         let metrics = Metrics::new(MetricsSettings {
@@ -223,37 +229,7 @@ impl AppBuilder {
             .set_service_status(pb::SERVICE_NAME, ServingStatus::NotServing)
             .await;
 
-        let options = BindOptions {
-            reuse_port: config.reuse_port,
-            // Validated above.
-            unix_mode: config.unix_socket_mode_bits().unwrap_or(0o660),
-        };
-        // The admin port first: when it is taken, no gRPC port or socket file was made. On any
-        // failure the listeners bound so far are dropped on return, which closes them and
-        // removes the socket files they created.
-        let admin_addr = config
-            .admin_addr()
-            .map_err(address_problem("admin_listen"))?;
-        let admin = bind_admin(&admin_addr)?;
-        let mut grpc = Vec::new();
-        for addr in config.listen_addrs().map_err(address_problem("listen"))? {
-            grpc.extend(
-                listener::bind(&addr, &options)?
-                    .into_iter()
-                    .map(|l| (l, None)),
-            );
-        }
-        for addr in config
-            .tls_listen
-            .parse()
-            .map_err(address_problem("tls_listen"))?
-        {
-            grpc.extend(
-                listener::bind(&addr, &options)?
-                    .into_iter()
-                    .map(|l| (l, tls.clone())),
-            );
-        }
+        let (admin, grpc) = bind_all(&config, listeners, tls.as_ref())?;
         let nofile = crate::hygiene::nofile_soft_limit();
         let (max_connections, lowered) = config.connection_cap(nofile);
         if lowered && config.max_connections.is_some() {
@@ -365,53 +341,44 @@ impl App {
             metrics,
             traces,
         } = self;
-        let admin_stop = CancellationToken::new();
-        let mut admin_tasks = JoinSet::new();
-        let router = admin::router(admin::AdminState {
-            lifecycle: lifecycle.clone(),
-            metrics: metrics.clone(),
-            hooks: hooks.clone(),
-        });
+        // Stops the admin port and the file watches, last of all.
+        let background_stop = CancellationToken::new();
+        let mut admin_tasks = serve_admin(
+            &config,
+            admin,
+            &lifecycle,
+            &metrics,
+            &hooks,
+            &background_stop,
+        )?;
         if let Some(sources) = reload {
-            let interval = std::time::Duration::from_secs(config.config_reload_interval_secs);
+            let interval = Duration::from_secs(config.config_reload_interval_secs);
             tokio::spawn(crate::reload::watch(
                 sources,
                 hooks,
                 metrics.clone(),
                 interval,
-                admin_stop.clone(),
-            ));
-        }
-        let admin_limits = admin::AdminLimits {
-            header_read_timeout: std::time::Duration::from_secs(
-                config.admin_header_read_timeout_secs,
-            ),
-            max_connections: config.admin_max_connections,
-        };
-        for listener in admin {
-            tracing::info!(addr = %listener.local_addr().map_err(AppError::Admin)?, "admin interface");
-            admin_tasks.spawn(admin::serve(
-                listener,
-                router.clone(),
-                admin_limits,
-                metrics.clone(),
-                admin_stop.clone(),
+                background_stop.clone(),
             ));
         }
         if let Some(tls) = &tls {
-            let interval = std::time::Duration::from_secs(config.tls_reload_interval_secs);
-            tls.watch(interval, &admin_stop);
-        }
-        let mut accept_loops = Vec::new();
-        for (listener, tls) in grpc {
-            tracing::info!(
-                addr = %listener.local_addr(),
-                tls = tls.is_some(),
-                mtls = tls.is_some() && config.tls_client_ca.is_some(),
-                "gRPC listener"
+            tls.watch(
+                Duration::from_secs(config.tls_reload_interval_secs),
+                &background_stop,
             );
-            accept_loops.push(connections.spawn_accept_loop(listener, tls));
         }
+        let accept_loops: Vec<_> = grpc
+            .into_iter()
+            .map(|(listener, tls)| {
+                tracing::info!(
+                    addr = %listener.local_addr(),
+                    tls = tls.is_some(),
+                    mtls = tls.is_some() && config.tls_client_ca.is_some(),
+                    "gRPC listener"
+                );
+                connections.spawn_accept_loop(listener, tls)
+            })
+            .collect();
         set_health(&health, ServingStatus::Serving).await;
         lifecycle.set_ready(true);
         tracing::info!(
@@ -433,54 +400,125 @@ impl App {
             }
         }
 
-        lifecycle.set_ready(false);
-        set_health(&health, ServingStatus::NotServing).await;
-        let open = lifecycle.open_connections();
-        tracing::info!(
-            open_connections = open,
-            max_drain_secs = config.drain_delay_secs,
-            "draining"
-        );
-        tokio::select! {
-            () = lifecycle.connections_closed() => tracing::info!("every client disconnected"),
-            () = tokio::time::sleep(config.drain_delay()) => {
-                tracing::info!(open_connections = lifecycle.open_connections(), "drain delay over");
-            }
-        }
-        // Listeners close before any GOAWAY, so reconnecting clients cannot land in a dead
-        // accept queue.
-        lifecycle.close_listeners_token().cancel();
-        for accept_loop in accept_loops {
-            let _ = accept_loop.await;
-        }
-        lifecycle.goaway_token().cancel();
-        if tokio::time::timeout(config.shutdown_grace(), lifecycle.connections_closed())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                open_connections = lifecycle.open_connections(),
-                grace_secs = config.shutdown_grace_secs,
-                "calls still in flight after the shutdown grace period: closing their connections"
-            );
-            lifecycle.abort_token().cancel();
-            let _ = tokio::time::timeout(
-                std::time::Duration::from_secs(1),
-                lifecycle.connections_closed(),
-            )
-            .await;
-        }
-        traces.shutdown(std::time::Duration::from_secs(5)).await;
-        admin_stop.cancel();
+        drain(&config, &lifecycle, &health, accept_loops).await;
+        traces.shutdown(Duration::from_secs(5)).await;
+        background_stop.cancel();
         while admin_tasks.join_next().await.is_some() {}
         tracing::info!("stopped");
         Ok(())
     }
 }
 
-/// Turns an address error (already caught by validation) into the config problem it is.
-fn address_problem(key: &'static str) -> impl Fn(crate::config::AddressError) -> Problems {
-    move |err| Problems(vec![crate::config::Problem::new(key, err.to_string())])
+/// Serves the admin port on each of `listeners` until `stop`.
+fn serve_admin(
+    config: &Config,
+    listeners: Vec<TcpListener>,
+    lifecycle: &Lifecycle,
+    metrics: &Metrics,
+    hooks: &Hooks,
+    stop: &CancellationToken,
+) -> Result<JoinSet<std::io::Result<()>>, AppError> {
+    let router = admin::router(admin::AdminState {
+        lifecycle: lifecycle.clone(),
+        metrics: metrics.clone(),
+        hooks: hooks.clone(),
+    });
+    let limits = admin::AdminLimits {
+        header_read_timeout: Duration::from_secs(config.admin_header_read_timeout_secs),
+        max_connections: config.admin_max_connections,
+    };
+    let mut tasks = JoinSet::new();
+    for listener in listeners {
+        tracing::info!(addr = %listener.local_addr().map_err(AppError::Admin)?, "admin interface");
+        tasks.spawn(admin::serve(
+            listener,
+            router.clone(),
+            limits,
+            metrics.clone(),
+            stop.clone(),
+        ));
+    }
+    Ok(tasks)
+}
+
+/// The drain, in order: not ready at once; wait for clients to disconnect (at most
+/// `drain_delay_secs`); close the listeners; GOAWAY; give in-flight calls
+/// `shutdown_grace_secs`, then close what is left.
+async fn drain(
+    config: &Config,
+    lifecycle: &Lifecycle,
+    health: &HealthReporter,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
+) {
+    lifecycle.set_ready(false);
+    set_health(health, ServingStatus::NotServing).await;
+    tracing::info!(
+        open_connections = lifecycle.open_connections(),
+        max_drain_secs = config.drain_delay_secs,
+        "draining"
+    );
+    tokio::select! {
+        () = lifecycle.connections_closed() => tracing::info!("every client disconnected"),
+        () = tokio::time::sleep(config.drain_delay()) => {
+            tracing::info!(open_connections = lifecycle.open_connections(), "drain delay over");
+        }
+    }
+    // Listeners close before any GOAWAY, so reconnecting clients cannot land in a dead accept
+    // queue.
+    lifecycle.close_listeners_token().cancel();
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    lifecycle.goaway_token().cancel();
+    if tokio::time::timeout(config.shutdown_grace(), lifecycle.connections_closed())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open_connections = lifecycle.open_connections(),
+            grace_secs = config.shutdown_grace_secs,
+            "calls still in flight after the shutdown grace period: closing their connections"
+        );
+        lifecycle.abort_token().cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), lifecycle.connections_closed()).await;
+    }
+}
+
+/// Binds the admin port first (when it is taken, no gRPC port or socket file was made), then
+/// every gRPC listener, the TLS ones with `tls`. On a failure the listeners bound so far are
+/// dropped on return, which closes them and removes the socket files they made.
+fn bind_all(
+    config: &Config,
+    listeners: Listeners,
+    tls: Option<&Arc<ReloadingConfig>>,
+) -> Result<
+    (
+        Vec<TcpListener>,
+        Vec<(Listener, Option<Arc<ReloadingConfig>>)>,
+    ),
+    AppError,
+> {
+    let options = BindOptions {
+        reuse_port: config.reuse_port,
+        unix_mode: listeners.unix_mode,
+    };
+    let admin = bind_admin(&listeners.admin)?;
+    let mut grpc = Vec::new();
+    for addr in &listeners.plain {
+        grpc.extend(
+            listener::bind(addr, &options)?
+                .into_iter()
+                .map(|l| (l, None)),
+        );
+    }
+    for addr in &listeners.tls {
+        grpc.extend(
+            listener::bind(addr, &options)?
+                .into_iter()
+                .map(|l| (l, tls.cloned())),
+        );
+    }
+    Ok((admin, grpc))
 }
 
 async fn set_health(health: &HealthReporter, status: ServingStatus) {

@@ -12,6 +12,7 @@ use std::{path::PathBuf, time::Duration};
 use serde::{Deserialize, Serialize};
 
 pub use address::{AddressError, AddressList, Host, ListenAddr};
+
 pub use gateway::GatewayOptions;
 pub use sources::{CliOverrides, Loaded, Sources, load};
 
@@ -289,6 +290,19 @@ impl Problem {
     }
 }
 
+/// The listen settings, parsed and checked ([`Config::listeners`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listeners {
+    /// Plaintext gRPC listeners.
+    pub plain: Vec<ListenAddr>,
+    /// TLS gRPC listeners.
+    pub tls: Vec<ListenAddr>,
+    /// The admin port.
+    pub admin: ListenAddr,
+    /// Permission bits of the Unix sockets made.
+    pub unix_mode: u32,
+}
+
 /// Every problem found in a configuration.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration: {}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
@@ -366,48 +380,76 @@ impl Config {
     /// # Errors
     /// [`Problems`] listing each key and value at fault.
     pub fn validate(&self) -> Result<(), Problems> {
-        let mut problems = Vec::new();
+        self.settle().map(drop)
+    }
+
+    /// Checks every value and gives the sections that are parsed on the way (the listeners),
+    /// so what uses them never parses them again; returns all problems at once.
+    ///
+    /// # Errors
+    /// [`Problems`] listing each key and value at fault.
+    pub fn settle(&self) -> Result<Listeners, Problems> {
+        let (listeners, mut problems) = match self.listeners() {
+            Ok(listeners) => (Some(listeners), Vec::new()),
+            Err(problems) => (None, problems),
+        };
         let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
-        self.validate_listeners(&mut push);
         self.validate_limits(&mut push);
         self.validate_telemetry(&mut push);
         self.validate_intervals(&mut push);
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(Problems(problems))
+        match listeners {
+            Some(listeners) if problems.is_empty() => Ok(listeners),
+            _ => Err(Problems(problems)),
         }
     }
 
-    /// Listen addresses (none twice), TLS files, the admin address, the socket mode.
-    fn validate_listeners(&self, push: &mut impl FnMut(&str, String)) {
-        let mut seen = Vec::new();
-        match self.listen_addrs() {
-            Ok(addrs) => seen.extend(addrs),
-            Err(err) => push("listen", err.to_string()),
-        }
+    /// Where to listen, parsed: what binding uses, so nothing is parsed twice or assumed valid.
+    ///
+    /// # Errors
+    /// Every problem of the listen settings (addresses, none twice, TLS files, the admin
+    /// address, the socket mode), in that order.
+    pub fn listeners(&self) -> Result<Listeners, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
+        let plain = self
+            .listen_addrs()
+            .inspect_err(|err| push("listen", err.to_string()))
+            .unwrap_or_default();
         if matches!(&self.listen, Some(list) if list.is_empty()) && self.tls_listen.is_empty() {
             push(
                 "listen",
                 "empty, and no tls_listen either: nothing to serve on".into(),
             );
         }
-        match self.tls_listen.parse() {
-            Ok(addrs) => seen.extend(addrs),
-            Err(err) => push("tls_listen", err.to_string()),
-        }
+        let tls = self
+            .tls_listen
+            .parse()
+            .inspect_err(|err| push("tls_listen", err.to_string()))
+            .unwrap_or_default();
+        let seen: Vec<&ListenAddr> = plain.iter().chain(&tls).collect();
         for (i, addr) in seen.iter().enumerate() {
             let port_zero = matches!(addr, ListenAddr::Tcp { port: 0, .. });
             if !port_zero && seen[..i].contains(addr) {
                 push("listen", format!("{addr} is listed twice"));
             }
         }
-        self.validate_tls(push);
-        if let Err(err) = self.admin_addr() {
-            push("admin_listen", err.to_string());
-        }
-        if let Err(message) = self.unix_socket_mode_bits() {
-            push("unix_socket_mode", message);
+        self.validate_tls(&mut push);
+        let admin = self
+            .admin_addr()
+            .inspect_err(|err| push("admin_listen", err.to_string()))
+            .ok();
+        let unix_mode = self
+            .unix_socket_mode_bits()
+            .inspect_err(|message| push("unix_socket_mode", message.clone()))
+            .ok();
+        match (admin, unix_mode) {
+            (Some(admin), Some(unix_mode)) if problems.is_empty() => Ok(Listeners {
+                plain,
+                tls,
+                admin,
+                unix_mode,
+            }),
+            _ => Err(problems),
         }
     }
 

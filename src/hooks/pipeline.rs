@@ -461,7 +461,9 @@ mod tests {
     }
 
     #[test]
-    #[should_panic(expected = "step \"sloppy\" changed parts of the Object its parts() does not declare")]
+    #[should_panic(
+        expected = "step \"sloppy\" changed parts of the Object its parts() does not declare"
+    )]
     fn a_change_outside_the_declared_parts_fails_the_check() {
         let before = pb::Object::default();
         let mut after = before.clone();
