@@ -125,7 +125,7 @@ pub struct App {
     config: Config,
     hooks: Hooks,
     reload: Option<Sources>,
-    grpc: Vec<(Listener, Option<Arc<ReloadingConfig>>)>,
+    grpc: Vec<GrpcListener>,
     admin: Vec<TcpListener>,
     tls: Option<Arc<ReloadingConfig>>,
     connections: ConnectionServer,
@@ -484,6 +484,9 @@ async fn drain(
     }
 }
 
+/// A bound gRPC listener, with the TLS configuration of its connections when it is a TLS one.
+type GrpcListener = (Listener, Option<Arc<ReloadingConfig>>);
+
 /// Binds the admin port first (when it is taken, no gRPC port or socket file was made), then
 /// every gRPC listener, the TLS ones with `tls`. On a failure the listeners bound so far are
 /// dropped on return, which closes them and removes the socket files they made.
@@ -491,13 +494,7 @@ fn bind_all(
     config: &Config,
     listeners: Listeners,
     tls: Option<&Arc<ReloadingConfig>>,
-) -> Result<
-    (
-        Vec<TcpListener>,
-        Vec<(Listener, Option<Arc<ReloadingConfig>>)>,
-    ),
-    AppError,
-> {
+) -> Result<(Vec<TcpListener>, Vec<GrpcListener>), AppError> {
     let options = BindOptions {
         reuse_port: config.reuse_port,
         unix_mode: listeners.unix_mode,

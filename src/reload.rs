@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
-    config::{self, Sources},
+    config::{self, Problems, Sources},
     hooks::{HookTable, Hooks},
     metrics::Metrics,
     watch::{FileReads, FileWatch},
@@ -30,7 +30,7 @@ pub async fn watch(
     let _ = in_force.read(&path);
     let watch = FileWatch::new(in_force, move |files| {
         let _ = files.read(&path);
-        match reload(&sources, &hooks, &metrics) {
+        match reload(&sources, &hooks) {
             Ok(count) => {
                 metrics.config_reload(true);
                 tracing::info!(path = %path.display(), hooks = count, "hooks reloaded");
@@ -39,7 +39,7 @@ pub async fn watch(
                 metrics.config_reload(false);
                 tracing::warn!(
                     path = %path.display(),
-                    problems = %problems.join("; "),
+                    problems = %problems.0.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
                     "config file changed but is not valid; the hooks in force stay"
                 );
             }
@@ -48,23 +48,20 @@ pub async fn watch(
     watch.run(interval, stop).await;
 }
 
-/// Loads `sources` and puts their hooks in force; returns how many there are.
+/// Loads `sources` and puts their hooks in force (their metric series made first); returns how
+/// many there are.
 ///
 /// # Errors
 /// Every problem of the new configuration.
-pub fn reload(sources: &Sources, hooks: &Hooks, metrics: &Metrics) -> Result<usize, Vec<String>> {
-    let texts = |problems: Vec<config::Problem>| -> Vec<String> {
-        problems.iter().map(ToString::to_string).collect()
-    };
-    let loaded = config::load(sources).map_err(|problems| texts(problems.0))?;
+pub fn reload(sources: &Sources, hooks: &Hooks) -> Result<usize, Problems> {
+    let loaded = config::load(sources)?;
     let table = HookTable::build(
         &loaded.config.hooks,
         loaded.config.unknown_hooks,
         hooks.registry(),
     )
-    .map_err(texts)?;
+    .map_err(Problems)?;
     let count = loaded.config.hooks.len();
-    table.prepare_metrics(metrics);
     hooks.replace(table);
     Ok(count)
 }

@@ -290,6 +290,18 @@ impl Problem {
     }
 }
 
+/// A setting's value that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not octal permission bits.
+    #[error("{0:?} is not a file mode (octal digits such as 0660)")]
+    FileMode(String),
+    /// A `name=value` list entry without its `=`; only its first characters are named, as the
+    /// value may be a credential.
+    #[error("an entry without name=value (entry starting {0:?})")]
+    HeaderEntry(String),
+}
+
 /// The listen settings, parsed and checked ([`Config::listeners`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Listeners {
@@ -332,16 +344,13 @@ impl Config {
     /// The Unix socket mode as permission bits.
     ///
     /// # Errors
-    /// A message when the value is not octal digits up to 0777.
-    pub fn unix_socket_mode_bits(&self) -> Result<u32, String> {
+    /// When the value is not octal digits up to 0777.
+    pub fn unix_socket_mode_bits(&self) -> Result<u32, ValueError> {
         let digits = self.unix_socket_mode.trim();
         let digits = digits.strip_prefix("0o").unwrap_or(digits);
         match u32::from_str_radix(digits, 8) {
             Ok(mode) if mode <= 0o777 && !digits.is_empty() => Ok(mode),
-            _ => Err(format!(
-                "{:?} is not a file mode (octal digits such as 0660)",
-                self.unix_socket_mode
-            )),
+            _ => Err(ValueError::FileMode(self.unix_socket_mode.clone())),
         }
     }
 
@@ -440,7 +449,7 @@ impl Config {
             .ok();
         let unix_mode = self
             .unix_socket_mode_bits()
-            .inspect_err(|message| push("unix_socket_mode", message.clone()))
+            .inspect_err(|err| push("unix_socket_mode", err.to_string()))
             .ok();
         match (admin, unix_mode) {
             (Some(admin), Some(unix_mode)) if problems.is_empty() => Ok(Listeners {
@@ -567,9 +576,9 @@ impl Config {
             );
         }
         if let Some(headers) = &self.otlp_headers
-            && let Err(message) = parse_headers(headers)
+            && let Err(err) = parse_headers(headers)
         {
-            push("otlp_headers", message);
+            push("otlp_headers", err.to_string());
         }
         if self.span_queue_size == 0
             || self.span_batch_size == 0
@@ -655,8 +664,8 @@ impl Config {
 /// Parses `name=value,name2=value2` (the `OTEL_EXPORTER_OTLP_HEADERS` form).
 ///
 /// # Errors
-/// A message naming the malformed entry, without its value.
-pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+/// The malformed entry, named without its value.
+pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, ValueError> {
     text.split(',')
         .map(str::trim)
         .filter(|entry| !entry.is_empty())
@@ -668,10 +677,7 @@ pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
                     .into_owned(),
             )),
             // The value may be a credential: name only what is safe.
-            _ => Err(format!(
-                "an entry without name=value (entry starting {:?})",
-                entry.chars().take(3).collect::<String>()
-            )),
+            _ => Err(ValueError::HeaderEntry(entry.chars().take(3).collect())),
         })
         .collect()
 }

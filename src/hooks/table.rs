@@ -118,7 +118,7 @@ impl HookTable {
     }
 
     /// Creates every pipeline's metric series, so they start at zero.
-    pub fn prepare_metrics(&self, metrics: &Metrics) {
+    fn prepare_metrics(&self, metrics: &Metrics) {
         for by_name in self.by_type.values() {
             for entries in by_name.values() {
                 for (_, pipeline) in entries {

@@ -169,9 +169,9 @@ impl<'a> ExportSettings<'a> {
             .as_deref()
             .map(parse_headers)
             .transpose()
-            .map_err(|reason| TracesError::Exporter {
+            .map_err(|err| TracesError::Exporter {
                 endpoint: endpoint.to_string(),
-                reason,
+                reason: err.to_string(),
             })?
             .unwrap_or_default();
         Ok(Some(Self {
