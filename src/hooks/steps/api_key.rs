@@ -107,11 +107,11 @@ fn parse_digest(hex: &str) -> Option<[u8; 32]> {
 }
 
 /// [`load_keys`], for [`super::parsers`] (the fuzz harness).
-pub(super) fn check_keys_file(path: &std::path::Path) -> Result<(), String> {
+pub(super) fn check_keys_file(path: &std::path::Path) -> Result<(), BuildError> {
     load_keys(&mut FileReads::default(), path).map(drop)
 }
 
-fn load_keys(files: &mut FileReads, path: &std::path::Path) -> Result<KeyIndex, String> {
+fn load_keys(files: &mut FileReads, path: &std::path::Path) -> Result<KeyIndex, BuildError> {
     let text = files
         .read_to_string(path)
         .map_err(|err| format!("cannot read keys_file {}: {err}", path.display()))?;

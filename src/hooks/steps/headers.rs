@@ -67,7 +67,7 @@ pub fn request_header<'a>(request: &'a pb::MiniRequestObject, name: &str) -> Opt
         })
 }
 
-fn canonical_map(map: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, String> {
+fn canonical_map(map: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, BuildError> {
     if map.is_empty() {
         return Err("needs at least one header".into());
     }
@@ -77,7 +77,7 @@ fn canonical_map(map: BTreeMap<String, String>) -> Result<BTreeMap<String, Strin
         .collect())
 }
 
-fn canonical_names(names: Vec<String>) -> Result<Vec<String>, String> {
+fn canonical_names(names: Vec<String>) -> Result<Vec<String>, BuildError> {
     if names.is_empty() {
         return Err("needs at least one name".into());
     }

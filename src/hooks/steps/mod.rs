@@ -37,11 +37,13 @@ use std::{
 pub mod parsers {
     use std::path::Path;
 
+    use crate::hooks::BuildError;
+
     /// Reads an `api_key_auth` keys file.
     ///
     /// # Errors
     /// What the step would refuse the file with.
-    pub fn api_keys_file(path: &Path) -> Result<(), String> {
+    pub fn api_keys_file(path: &Path) -> Result<(), BuildError> {
         super::api_key::check_keys_file(path)
     }
 
@@ -49,7 +51,7 @@ pub mod parsers {
     ///
     /// # Errors
     /// What the step would refuse the file with.
-    pub fn jwt_keys_file(path: &Path) -> Result<(), String> {
+    pub fn jwt_keys_file(path: &Path) -> Result<(), BuildError> {
         super::jwt::check_keys(Some(path), &[])
     }
 
@@ -57,7 +59,7 @@ pub mod parsers {
     ///
     /// # Errors
     /// What the step would refuse the document with.
-    pub fn jwks(bytes: &[u8]) -> Result<(), String> {
+    pub fn jwks(bytes: &[u8]) -> Result<(), BuildError> {
         super::jwt::check_keys(None, bytes)
     }
 }

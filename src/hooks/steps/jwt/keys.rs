@@ -13,7 +13,7 @@ use jsonwebtoken::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::watch::FileReads;
+use crate::{hooks::BuildError, watch::FileReads};
 
 /// RFC 7518 §3.2: an HS256 key must be at least as long as the hash.
 const MIN_HMAC_KEY_BYTES: usize = 32;
@@ -85,7 +85,11 @@ struct KeysFile {
 }
 
 /// One key of the keys file; the message never holds key material.
-fn entry_key(entry: &KeyEntry, dir: &Path, files: &mut FileReads) -> Result<DecodingKey, String> {
+fn entry_key(
+    entry: &KeyEntry,
+    dir: &Path,
+    files: &mut FileReads,
+) -> Result<DecodingKey, BuildError> {
     match (entry.alg, &entry.secret, &entry.secret_file, &entry.pem) {
         (Alg::Hs256, secret, secret_file, None) => {
             let bytes = match (secret, secret_file) {
@@ -100,9 +104,9 @@ fn entry_key(entry: &KeyEntry, dir: &Path, files: &mut FileReads) -> Result<Deco
                 _ => return Err("HS256 needs exactly one of secret, secret_file".into()),
             };
             if bytes.len() < MIN_HMAC_KEY_BYTES {
-                return Err(format!(
-                    "HS256 secret holds fewer than {MIN_HMAC_KEY_BYTES} bytes"
-                ));
+                return Err(
+                    format!("HS256 secret holds fewer than {MIN_HMAC_KEY_BYTES} bytes").into(),
+                );
             }
             Ok(DecodingKey::from_secret(&bytes))
         }
@@ -115,7 +119,10 @@ fn entry_key(entry: &KeyEntry, dir: &Path, files: &mut FileReads) -> Result<Deco
             } else {
                 DecodingKey::from_ec_pem(pem.as_bytes())
             };
-            key.map_err(|err| format!("pem is not a {:?} public key: {err}", entry.alg))
+            key.map_err(|err| {
+                BuildError::new(format!("pem is not a {:?} public key: {err}", entry.alg))
+                    .caused_by(err)
+            })
         }
         (Alg::Hs256, ..) => Err("HS256 takes secret or secret_file, not pem".into()),
         _ => Err("RS256 and ES256 take pem (the public key), not a secret".into()),
@@ -124,7 +131,10 @@ fn entry_key(entry: &KeyEntry, dir: &Path, files: &mut FileReads) -> Result<Deco
 
 /// [`load_keys_file`] and [`parse_jwks`], for [`crate::hooks::steps::parsers`] (the fuzz
 /// harness).
-pub(in crate::hooks::steps) fn check_keys(path: Option<&Path>, jwks: &[u8]) -> Result<(), String> {
+pub(in crate::hooks::steps) fn check_keys(
+    path: Option<&Path>,
+    jwks: &[u8],
+) -> Result<(), BuildError> {
     match path {
         Some(path) => load_keys_file(&mut FileReads::default(), path).map(drop),
         None => parse_jwks(jwks, "(fuzz input)").map(drop),
@@ -132,7 +142,7 @@ pub(in crate::hooks::steps) fn check_keys(path: Option<&Path>, jwks: &[u8]) -> R
 }
 
 /// Reads a keys file, and the secret files it names, through `files` (so all are watched).
-pub(super) fn load_keys_file(files: &mut FileReads, path: &Path) -> Result<KeySet, String> {
+pub(super) fn load_keys_file(files: &mut FileReads, path: &Path) -> Result<KeySet, BuildError> {
     let text = files
         .read_to_string(path)
         .map_err(|err| format!("cannot read keys_file {}: {err}", path.display()))?;
@@ -150,7 +160,7 @@ pub(super) fn load_keys_file(files: &mut FileReads, path: &Path) -> Result<KeySe
             )
         };
         if entry.kid.is_empty() {
-            return Err(format!("{}: kid is empty", context()));
+            return Err(format!("{}: kid is empty", context()).into());
         }
         let key = entry_key(entry, dir, files).map_err(|err| format!("{}: {err}", context()))?;
         let previous = keys.insert(
@@ -161,11 +171,11 @@ pub(super) fn load_keys_file(files: &mut FileReads, path: &Path) -> Result<KeySe
             },
         );
         if previous.is_some() {
-            return Err(format!("{}: kid listed twice", context()));
+            return Err(format!("{}: kid listed twice", context()).into());
         }
     }
     if keys.is_empty() {
-        return Err(format!("keys_file {}: no keys", path.display()));
+        return Err(format!("keys_file {}: no keys", path.display()).into());
     }
     Ok(KeySet { keys })
 }
@@ -200,7 +210,7 @@ fn jwk_alg(jwk: &Jwk) -> Result<Alg, &'static str> {
 }
 
 /// Parses a JWKS; keys that cannot be used are skipped (and logged), none at all is an error.
-pub(super) fn parse_jwks(bytes: &[u8], origin: &str) -> Result<KeySet, String> {
+pub(super) fn parse_jwks(bytes: &[u8], origin: &str) -> Result<KeySet, BuildError> {
     #[derive(Deserialize)]
     struct RawSet {
         keys: Vec<Value>,
@@ -241,7 +251,7 @@ pub(super) fn parse_jwks(bytes: &[u8], origin: &str) -> Result<KeySet, String> {
         tracing::warn!(jwks = origin, skipped = %skipped.join("; "), "JWKS keys skipped");
     }
     if keys.is_empty() {
-        return Err(format!("JWKS {origin}: no usable key"));
+        return Err(format!("JWKS {origin}: no usable key").into());
     }
     Ok(KeySet { keys })
 }

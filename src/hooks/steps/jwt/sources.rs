@@ -14,7 +14,10 @@ use arc_swap::ArcSwapOption;
 
 use super::keys::{KeySet, load_keys_file, parse_jwks};
 use crate::{
-    hooks::{step::StepError, steps::reloading},
+    hooks::{
+        step::{BuildError, StepError},
+        steps::reloading,
+    },
     watch::{FileReads, Watched},
 };
 
@@ -34,7 +37,7 @@ pub(super) struct FileSource {
 }
 
 impl FileSource {
-    fn load(files: &mut FileReads, path: &Path, jwks: bool) -> Result<KeySet, String> {
+    fn load(files: &mut FileReads, path: &Path, jwks: bool) -> Result<KeySet, BuildError> {
         if jwks {
             let bytes = files
                 .read(path)
@@ -45,7 +48,7 @@ impl FileSource {
         }
     }
 
-    fn new(path: PathBuf, jwks: bool) -> Result<Self, String> {
+    fn new(path: PathBuf, jwks: bool) -> Result<Self, BuildError> {
         let keys = reloading::watch_files("JWT keys", move |files| Self::load(files, &path, jwks))?;
         Ok(Self { keys })
     }
@@ -64,14 +67,16 @@ pub(super) struct RemoteSource {
 }
 
 impl RemoteSource {
-    fn new(url: String, refresh: Duration) -> Result<Self, String> {
+    fn new(url: String, refresh: Duration) -> Result<Self, BuildError> {
         let parsed = reqwest::Url::parse(&url).map_err(|err| format!("jwks_url {url:?}: {err}"))?;
         match parsed.scheme() {
             "https" => {}
             "http" => {
                 tracing::warn!(jwks_url = %url, "jwks_url is plain http: keys could be tampered with in transit")
             }
-            other => return Err(format!("jwks_url {url:?}: scheme {other:?} is not http(s)")),
+            other => {
+                return Err(format!("jwks_url {url:?}: scheme {other:?} is not http(s)").into());
+            }
         }
         // reqwest uses the process-wide rustls provider, installed at start.
         let client = reqwest::Client::builder()
@@ -90,19 +95,16 @@ impl RemoteSource {
         })
     }
 
-    async fn fetch(&self) -> Result<KeySet, String> {
+    async fn fetch(&self) -> Result<KeySet, BuildError> {
         let failed = |err: reqwest::Error| format!("GET {}: {err}", self.url);
         let mut response = self.client.get(&self.url).send().await.map_err(failed)?;
         if !response.status().is_success() {
-            return Err(format!("GET {}: status {}", self.url, response.status()));
+            return Err(format!("GET {}: status {}", self.url, response.status()).into());
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(failed)? {
             if body.len() + chunk.len() > MAX_JWKS_BYTES {
-                return Err(format!(
-                    "GET {}: larger than {MAX_JWKS_BYTES} bytes",
-                    self.url
-                ));
+                return Err(format!("GET {}: larger than {MAX_JWKS_BYTES} bytes", self.url).into());
             }
             body.extend_from_slice(&chunk);
         }
@@ -133,7 +135,7 @@ impl RemoteSource {
             Err(err) => {
                 let kept = self.keys.load().is_some();
                 tracing::warn!(error = %err, kept_last_good_keys = kept, "JWKS fetch failed");
-                *last_error = Some(err);
+                *last_error = Some(err.to_string());
             }
         }
         ok
@@ -204,7 +206,7 @@ impl Keys {
         jwks_file: Option<PathBuf>,
         jwks_url: Option<String>,
         jwks_refresh_secs: Option<u64>,
-    ) -> Result<(Self, String), String> {
+    ) -> Result<(Self, String), BuildError> {
         if jwks_refresh_secs.is_some() && jwks_url.is_none() {
             return Err("jwks_refresh_secs is for jwks_url only".into());
         }
@@ -306,6 +308,7 @@ mod tests {
         assert!(
             parse_jwks(b"{\"keys\": []}", "t")
                 .unwrap_err()
+                .to_string()
                 .contains("no usable key")
         );
         assert!(parse_jwks(b"[]", "t").is_err());
