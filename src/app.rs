@@ -21,7 +21,7 @@ use crate::{
     metrics::{Metrics, MetricsSettings},
     pb,
     response::FinishedRoutes,
-    server::{self, ConnectionServer},
+    server::{self, ConnectionServer, ConnectionSettings},
     telemetry::Traces,
     tls::{ReloadingConfig, TlsFiles},
 };
@@ -220,7 +220,8 @@ impl AppBuilder {
             hooks.clone(),
             refusals.clone(),
         );
-        let (routes, health) = server::routes(&config, dispatcher).map_err(AppError::Reflection)?;
+        let (routes, health) = server::routes(dispatcher, config.max_recv_bytes, config.reflection)
+            .map_err(AppError::Reflection)?;
         // Not serving until every listener is up.
         health
             .set_service_status("", ServingStatus::NotServing)
@@ -250,12 +251,11 @@ impl AppBuilder {
             refusals.clone(),
         );
         let connections = ConnectionServer::new(
-            &config,
+            &ConnectionSettings::of(&config, max_connections),
             FinishedRoutes::new(routes, refusals),
             charger,
             lifecycle.clone(),
             metrics.clone(),
-            max_connections,
         );
         Ok(App {
             config,

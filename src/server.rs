@@ -68,17 +68,18 @@ const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// # Errors
 /// When the reflection descriptors cannot be read (a build defect).
 pub fn routes(
-    config: &Config,
     dispatcher: Dispatcher,
+    max_recv_bytes: usize,
+    reflection: bool,
 ) -> Result<(Routes, HealthReporter), tonic_reflection::server::Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
     let dispatcher = DispatcherServer::new(dispatcher)
-        .max_decoding_message_size(config.max_recv_bytes)
+        .max_decoding_message_size(max_recv_bytes)
         // Reply sizes are policed by `limits::ReplyPolicy`, which can still rescue a reply.
         .max_encoding_message_size(usize::MAX);
     let mut builder = Routes::builder();
     builder.add_service(dispatcher).add_service(health_service);
-    if config.reflection {
+    if reflection {
         let reflection = || {
             tonic_reflection::server::Builder::configure()
                 .include_reflection_service(false)
@@ -114,26 +115,64 @@ pub struct ConnectionServer {
     refusals: Arc<WarnLimit>,
 }
 
+/// How gRPC connections are served: HTTP/2 settings, timers and the connection cap.
+#[derive(Debug, Clone)]
+pub struct ConnectionSettings {
+    /// Streams a connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// How often idle clients are pinged (HTTP/2 PING), if at all.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a ping may go unanswered.
+    pub keepalive_timeout: Duration,
+    /// A connection's age before it is asked to go away.
+    pub max_age: Option<Duration>,
+    /// How long calls in flight get after an age GOAWAY.
+    pub age_grace: Duration,
+    /// TLS and HTTP/2 handshake deadline.
+    pub handshake_timeout: Duration,
+    /// Deadline of a connection's first call.
+    pub idle_timeout: Duration,
+    /// A reply's longest stall before its stream is reset.
+    pub reply_progress_timeout: Duration,
+    /// Open connections at most.
+    pub max_connections: usize,
+}
+
+impl ConnectionSettings {
+    /// The settings of `config`, with `max_connections` as the open-file limit allows it.
+    pub fn of(config: &Config, max_connections: usize) -> Self {
+        Self {
+            max_concurrent_streams: config.max_concurrent_streams,
+            keepalive_interval: config.keepalive_interval_secs.map(Duration::from_secs),
+            keepalive_timeout: Duration::from_secs(config.keepalive_timeout_secs),
+            max_age: config.max_connection_age_secs.map(Duration::from_secs),
+            age_grace: Duration::from_secs(config.max_connection_age_grace_secs),
+            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
+            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
+            reply_progress_timeout: Duration::from_secs(config.reply_progress_timeout_secs),
+            max_connections,
+        }
+    }
+}
+
 impl ConnectionServer {
-    /// Applies the HTTP/2 and connection settings of `config` to `routes`, with Dispatcher
-    /// messages charged by `charger`; at most `max_connections` connections are open at once.
+    /// Serves `routes` with `settings`, Dispatcher messages charged by `charger`.
     pub fn new(
-        config: &Config,
+        settings: &ConnectionSettings,
         routes: FinishedRoutes,
         charger: Charger,
         lifecycle: Lifecycle,
         metrics: Metrics,
-        max_connections: usize,
     ) -> Self {
         let mut http2 = http2::Builder::new(StreamExecutor::new(
-            Duration::from_secs(config.reply_progress_timeout_secs),
+            settings.reply_progress_timeout,
             metrics.streams_reset(StreamReset::ReplyProgress),
         ));
         http2
             .timer(TokioTimer::new())
-            .max_concurrent_streams(config.max_concurrent_streams)
-            .keep_alive_interval(config.keepalive_interval_secs.map(Duration::from_secs))
-            .keep_alive_timeout(Duration::from_secs(config.keepalive_timeout_secs))
+            .max_concurrent_streams(settings.max_concurrent_streams)
+            .keep_alive_interval(settings.keepalive_interval)
+            .keep_alive_timeout(settings.keepalive_timeout)
             // Large bodies are common: let windows grow with the connection's bandwidth.
             .adaptive_window(true)
             .max_pending_accept_reset_streams(Some(MAX_PENDING_ACCEPT_RESET_STREAMS))
@@ -145,11 +184,11 @@ impl ConnectionServer {
             http2,
             lifecycle,
             metrics,
-            max_age: config.max_connection_age_secs.map(Duration::from_secs),
-            age_grace: Duration::from_secs(config.max_connection_age_grace_secs),
-            handshake_timeout: Duration::from_secs(config.handshake_timeout_secs),
-            idle_timeout: Duration::from_secs(config.idle_timeout_secs),
-            slots: Arc::new(Semaphore::new(max_connections)),
+            max_age: settings.max_age,
+            age_grace: settings.age_grace,
+            handshake_timeout: settings.handshake_timeout,
+            idle_timeout: settings.idle_timeout,
+            slots: Arc::new(Semaphore::new(settings.max_connections)),
             refusals: Arc::new(WarnLimit::default()),
         }
     }
