@@ -190,14 +190,9 @@ impl Step for ApiKeyAuth {
         object: &mut pb::Object,
         cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        let Some(key) = object
-            .request
-            .as_ref()
-            .and_then(|r| grants::credential(r, &self.header))
-            .map(str::to_owned)
-        else {
-            grants::deny(object, 401, "Authorization field missing");
-            return Ok(StepOutcome::Denied);
+        let key = match grants::require_credential(object, &self.header) {
+            Ok(key) => key,
+            Err(denied) => return Ok(denied),
         };
         let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
             .as_ref()
@@ -255,7 +250,7 @@ mod tests {
             assert_eq!(parse_digest(bad), None, "{bad}");
         }
     }
-    use crate::hooks::steps::tests::{cx, run_step, step_config};
+    use crate::hooks::steps::tests::{auth_call, cx, run_step, step_config};
 
     fn sha(key: &str) -> String {
         crate::hex::encode(ring::digest::digest(&ring::digest::SHA256, key.as_bytes()).as_ref())
@@ -277,21 +272,7 @@ mod tests {
     }
 
     fn call(key: Option<&str>) -> pb::Object {
-        pb::Object {
-            hook_type: pb::HookType::CustomKeyCheck as i32,
-            request: Some(pb::MiniRequestObject {
-                headers: key
-                    .map(|k| ("Authorization".to_string(), k.to_string()))
-                    .into_iter()
-                    .collect(),
-                return_overrides: Some(pb::ReturnOverrides {
-                    response_code: -1,
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
+        auth_call(key.map(str::to_string))
     }
 
     #[tokio::test]

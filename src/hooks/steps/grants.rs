@@ -9,7 +9,10 @@ use std::{collections::BTreeMap, path::Path, time::SystemTime};
 
 use serde::Deserialize;
 
-use crate::{hooks::BuildError, pb};
+use crate::{
+    hooks::{BuildError, StepOutcome},
+    pb,
+};
 
 /// A credential's grants.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -114,6 +117,21 @@ pub fn credential<'a>(request: &'a pb::MiniRequestObject, header: &str) -> Optio
         .unwrap_or(value)
         .trim();
     (!value.is_empty()).then_some(value)
+}
+
+/// The credential in request header `header` (see [`credential`]), or the call refused with
+/// 401 and the gateway's own message when there is none: `Err` holds the outcome to return.
+///
+/// # Errors
+/// [`StepOutcome::Denied`] when the request carries no credential.
+pub fn require_credential(object: &mut pb::Object, header: &str) -> Result<String, StepOutcome> {
+    match object.request.as_ref().and_then(|r| credential(r, header)) {
+        Some(value) => Ok(value.to_owned()),
+        None => {
+            deny(object, 401, "Authorization field missing");
+            Err(StepOutcome::Denied)
+        }
+    }
 }
 
 /// Unix seconds now.

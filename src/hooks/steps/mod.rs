@@ -357,6 +357,25 @@ pub(crate) mod tests {
         }
     }
 
+    /// A CustomKeyCheck call whose `Authorization` header is `authorization`, if any.
+    pub(crate) fn auth_call(authorization: Option<String>) -> pb::Object {
+        pb::Object {
+            hook_type: pb::HookType::CustomKeyCheck as i32,
+            request: Some(pb::MiniRequestObject {
+                headers: authorization
+                    .map(|value| ("Authorization".to_string(), value))
+                    .into_iter()
+                    .collect(),
+                return_overrides: Some(pb::ReturnOverrides {
+                    response_code: -1,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
     pub(crate) fn cx(hook_type: pb::HookType) -> StepContext {
         StepContext {
             hook_type,

@@ -212,14 +212,9 @@ impl Step for JwtAuth {
         object: &mut pb::Object,
         cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        let Some(token) = object
-            .request
-            .as_ref()
-            .and_then(|r| grants::credential(r, &self.header))
-            .map(str::to_owned)
-        else {
-            grants::deny(object, 401, "Authorization field missing");
-            return Ok(StepOutcome::Denied);
+        let token = match grants::require_credential(object, &self.header) {
+            Ok(token) => token,
+            Err(denied) => return Ok(denied),
         };
         let keys = self.key_set().await?;
         let claims = match self.verify(&token, &keys) {

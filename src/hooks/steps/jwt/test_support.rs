@@ -9,7 +9,7 @@ use crate::{
         step::StepOutcome,
         steps::{
             grants,
-            tests::{cx, run_step, step_config},
+            tests::{auth_call, cx, run_step, step_config},
         },
     },
     pb,
@@ -123,21 +123,7 @@ pub(super) fn hs_keys() -> String {
 }
 
 pub(super) fn call(token: Option<&str>) -> pb::Object {
-    pb::Object {
-        hook_type: pb::HookType::CustomKeyCheck as i32,
-        request: Some(pb::MiniRequestObject {
-            headers: token
-                .map(|t| ("Authorization".to_string(), format!("Bearer {t}")))
-                .into_iter()
-                .collect(),
-            return_overrides: Some(pb::ReturnOverrides {
-                response_code: -1,
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
+    auth_call(token.map(|t| format!("Bearer {t}")))
 }
 
 pub(super) async fn check(step: &JwtAuth, token: Option<&str>) -> (StepOutcome, pb::Object) {
