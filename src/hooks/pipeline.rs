@@ -27,7 +27,7 @@ use crate::{
     config::Problem,
     metrics::{Metrics, Outcome, STEP_OUTCOMES, StepCounters},
     pb::{self, HookType},
-    telemetry::{CallSpan, Traces},
+    telemetry::{CallSpan, Traces, in_step},
 };
 
 /// Why a pipeline failed (in the order of `metrics::FAILURE_REASONS`).
@@ -168,7 +168,7 @@ impl Pipeline {
         let run = async {
             for (index, step) in self.steps.iter().enumerate() {
                 let step_span = traces.start_child(span, step.kind());
-                let result = AssertUnwindSafe(step.run(&mut object, cx))
+                let result = AssertUnwindSafe(in_step(&step_span, step.run(&mut object, cx)))
                     .catch_unwind()
                     .await;
                 let result = match result {
