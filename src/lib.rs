@@ -67,3 +67,6 @@ pub use listener::BoundAddr;
 /// The glibc malloc settings the binary starts with (for its test).
 #[doc(hidden)]
 pub use malloc_tuning::TUNABLES;
+/// The `tracing` layer that exports a custom step's own spans as children of its step span; the
+/// binary installs it, an embedder with a subscriber of its own adds it there.
+pub use telemetry::StepSpans;

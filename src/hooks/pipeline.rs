@@ -26,7 +26,7 @@ use crate::{
     config::Problem,
     metrics::{AuthDecision, FailureCounters, Metrics, StepCounters, StepRun},
     pb::{self, HookType},
-    telemetry::CallSpan,
+    telemetry::{CallSpan, in_step},
     wire::WireError,
 };
 
@@ -187,7 +187,7 @@ impl Pipeline {
             let step_span = span.child(kind);
             #[cfg(debug_assertions)]
             let unchanged = (!step.parts().is_all()).then(|| object.clone());
-            match run_step(step.as_ref(), object, cx).await {
+            match run_step(step.as_ref(), object, cx, &step_span).await {
                 Ok(step_outcome) => {
                     #[cfg(debug_assertions)]
                     if let Some(before) = &unchanged {
@@ -344,13 +344,18 @@ struct StepFailure {
     message: String,
 }
 
-/// One step's run, with a panic caught and reported as a failure like an error.
+/// One step's run, with a panic caught and reported as a failure like an error; the `tracing`
+/// spans the step makes are recorded as children of `step_span` (see `telemetry::step_spans`).
 async fn run_step(
     step: &dyn Step,
     object: &mut pb::Object,
     cx: &StepContext,
+    step_span: &CallSpan,
 ) -> Result<StepOutcome, StepFailure> {
-    match AssertUnwindSafe(step.run(object, cx)).catch_unwind().await {
+    match AssertUnwindSafe(in_step(step_span, step.run(object, cx)))
+        .catch_unwind()
+        .await
+    {
         Ok(Ok(outcome)) => Ok(outcome),
         Ok(Err(err)) => Err(StepFailure {
             reason: Failure::StepError,

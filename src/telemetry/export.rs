@@ -219,6 +219,13 @@ impl SpanSink {
         )
     }
 
+    /// The spans queued, as the `spans` records of a `ScopeSpans` message.
+    #[cfg(test)]
+    pub(super) fn queued(&self) -> Vec<u8> {
+        let pending = self.pending.lock().unwrap_or_else(PoisonError::into_inner);
+        pending.bytes.clone()
+    }
+
     /// Exports everything queued and stops the export task, waiting at most `timeout`.
     pub async fn close(&self, timeout: Duration) -> bool {
         let (done, wait) = oneshot::channel();

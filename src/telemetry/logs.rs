@@ -1,11 +1,13 @@
 //! Log output: text or JSON lines on stdout, filtered by `RUST_LOG` (default `info`), written off
-//! the request path by a background thread.
+//! the request path by a background thread. The same subscriber records steps' spans for export
+//! (see `step_spans`).
 
 use std::io::IsTerminal;
 
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::{EnvFilter, fmt, prelude::*};
 
+use super::StepSpans;
 use crate::config::{LogFormat, Problem};
 
 /// Keeps the log writer alive; dropping it flushes what is buffered.
@@ -41,7 +43,8 @@ pub fn init(format: LogFormat) -> anyhow::Result<LogGuard> {
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .finish(std::io::stdout());
-    let registry = tracing_subscriber::registry().with(filter);
+    // Behind the filter: a step's span that is not logged is not exported either.
+    let registry = tracing_subscriber::registry().with(filter).with(StepSpans);
     match format {
         LogFormat::Text => registry
             .with(

@@ -20,6 +20,7 @@ pub mod span {
     pub const START_TIME: u32 = 7;
     pub const END_TIME: u32 = 8;
     pub const ATTRIBUTES: u32 = 9;
+    pub const DROPPED_ATTRIBUTES_COUNT: u32 = 10;
     pub const STATUS: u32 = 15;
     /// `SpanKind`.
     pub const KIND_INTERNAL: u64 = 1;
@@ -38,6 +39,8 @@ pub enum AttrValue<'a> {
     Int(i64),
     /// `bool_value`.
     Bool(bool),
+    /// `double_value`.
+    Double(f64),
 }
 
 impl<'a> From<&'a str> for AttrValue<'a> {
@@ -64,11 +67,12 @@ fn len_record_len(len: usize) -> usize {
 
 /// Writes a `KeyValue` record as field `field` of the message being written.
 pub fn put_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: AttrValue<'_>) {
-    // AnyValue: string_value = 1, bool_value = 2, int_value = 3.
+    // AnyValue: string_value = 1, bool_value = 2, int_value = 3, double_value = 4.
     let any_len = match value {
         AttrValue::Str(s) => len_record_len(s.len()),
         AttrValue::Int(i) => 1 + varint_len(i as u64),
         AttrValue::Bool(_) => 2,
+        AttrValue::Double(_) => 9,
     };
     put_len_prefix(
         out,
@@ -87,6 +91,7 @@ pub fn put_attribute(out: &mut Vec<u8>, field: u32, key: &str, value: AttrValue<
             put_varint(out, 2 << 3);
             put_varint(out, u64::from(b));
         }
+        AttrValue::Double(d) => put_fixed64(out, 4, d.to_bits()),
     }
 }
 
@@ -193,6 +198,7 @@ mod tests {
         put_attribute(&mut body, span::ATTRIBUTES, "s", AttrValue::Str("v"));
         put_attribute(&mut body, span::ATTRIBUTES, "i", AttrValue::Int(-3));
         put_attribute(&mut body, span::ATTRIBUTES, "b", AttrValue::Bool(true));
+        put_attribute(&mut body, span::ATTRIBUTES, "d", AttrValue::Double(-2.5));
         put_error_status(&mut body, "step failed");
         put_fixed64(&mut body, span::END_TIME, 2_000);
         let mut spans = Vec::new();
@@ -230,6 +236,7 @@ mod tests {
                 Some(Value::StringValue("v".into())),
                 Some(Value::IntValue(-3)),
                 Some(Value::BoolValue(true)),
+                Some(Value::DoubleValue(-2.5)),
             ]
         );
         let status = span.status.as_ref().unwrap();

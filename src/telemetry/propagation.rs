@@ -1,11 +1,13 @@
 //! The caller's trace context from gRPC metadata: W3C `traceparent`/`tracestate` (Tyk's
 //! default), else B3 single (`b3`) or multi (`x-b3-*`) headers. Tyk 5.11+ sends the gateway's
-//! context there; it never puts one inside the Object.
+//! context there; it never puts one inside the Object. OpenTelemetry's propagators read them.
 
 use opentelemetry::{
+    Context,
     propagation::{Extractor, TextMapPropagator},
-    trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
+    trace::{SpanContext, TraceContextExt, TraceFlags},
 };
+use opentelemetry_propagator_b3::{B3Encoding, Propagator as B3Propagator};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use tonic::metadata::MetadataMap;
 
@@ -32,70 +34,55 @@ impl Extractor for MetadataExtractor<'_> {
 /// The remote parent named by `metadata`, if any valid one is there.
 pub fn parent_from_metadata(metadata: &MetadataMap) -> Option<SpanContext> {
     let extractor = MetadataExtractor(metadata);
-    if extractor.get("traceparent").is_some() {
-        let cx = TraceContextPropagator::new().extract(&extractor);
-        let parent = cx.span().span_context().clone();
-        if parent.is_valid() {
-            return Some(parent);
-        }
+    // The propagators are asked only when their headers are there: most calls carry one
+    // context or none, and an extraction costs a `Context`.
+    if extractor.get("traceparent").is_some()
+        && let Some(parent) = extract(&TraceContextPropagator::new(), &extractor)
+    {
+        return Some(parent);
     }
-    extractor
-        .get("b3")
-        .and_then(parse_b3_single)
-        .or_else(|| parse_b3_multi(&extractor))
-}
-
-fn trace_id(hex: &str) -> Option<TraceId> {
-    // B3 allows 64-bit trace IDs; they are the low half of a 128-bit one.
-    let id = match hex.len() {
-        16 => TraceId::from_hex(&format!("{hex:0>32}")).ok()?,
-        32 => TraceId::from_hex(hex).ok()?,
-        _ => return None,
-    };
-    (id != TraceId::INVALID).then_some(id)
-}
-
-fn span_id(hex: &str) -> Option<SpanId> {
-    let id = (hex.len() == 16)
-        .then(|| SpanId::from_hex(hex).ok())
-        .flatten()?;
-    (id != SpanId::INVALID).then_some(id)
-}
-
-fn flags(sampled: Option<&str>, debug: bool) -> TraceFlags {
-    if debug || matches!(sampled, Some("1" | "d" | "true")) {
-        TraceFlags::SAMPLED
-    } else {
-        TraceFlags::default()
+    if extractor.get("b3").is_none() && extractor.get("x-b3-traceid").is_none() {
+        return None;
     }
+    // The B3 propagator reads the sampling state as its injection encoding allows: with the
+    // single header's, `b3: …-d` (debug) is understood but the legacy `x-b3-sampled: true` is
+    // refused, and the other way round with the multiple headers' encoding. A caller may send
+    // either, so the second reading is tried when the first finds nothing.
+    let parent = extract(
+        &B3Propagator::with_encoding(B3Encoding::SingleHeader),
+        &extractor,
+    )
+    .or_else(|| extract(&B3Propagator::new(), &extractor))?;
+    Some(w3c_flags(parent))
 }
 
-/// `b3: {trace}-{span}[-{sampled}[-{parent}]]`; the sampling-only forms carry no context.
-fn parse_b3_single(value: &str) -> Option<SpanContext> {
-    let mut parts = value.trim().split('-');
-    let trace = trace_id(parts.next()?)?;
-    let span = span_id(parts.next()?)?;
-    let sampled = parts.next();
-    Some(SpanContext::new(
-        trace,
-        span,
-        flags(sampled, sampled == Some("d")),
-        true,
-        TraceState::default(),
-    ))
+fn extract(
+    propagator: &impl TextMapPropagator,
+    extractor: &MetadataExtractor<'_>,
+) -> Option<SpanContext> {
+    let cx = propagator.extract_with_context(&Context::new(), extractor);
+    let parent = cx.span().span_context().clone();
+    parent.is_valid().then_some(parent)
 }
 
-fn parse_b3_multi(extractor: &MetadataExtractor<'_>) -> Option<SpanContext> {
-    let trace = trace_id(extractor.get("x-b3-traceid")?.trim())?;
-    let span = span_id(extractor.get("x-b3-spanid")?.trim())?;
-    let debug = extractor.get("x-b3-flags").map(str::trim) == Some("1");
-    Some(SpanContext::new(
-        trace,
-        span,
-        flags(extractor.get("x-b3-sampled").map(str::trim), debug),
+/// B3's debug flag, which implies sampling, as the sampled flag; its "deferred" flag (no
+/// sampling state sent) as not sampled. Only the sampled flag exists in W3C trace flags, and
+/// the sampler reads that one.
+fn w3c_flags(parent: SpanContext) -> SpanContext {
+    const B3_DEBUG: TraceFlags = TraceFlags::new(0x04);
+    let flags = parent.trace_flags();
+    let sampled = flags.is_sampled() || flags & B3_DEBUG == B3_DEBUG;
+    SpanContext::new(
+        parent.trace_id(),
+        parent.span_id(),
+        if sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        },
         true,
-        TraceState::default(),
-    ))
+        parent.trace_state().clone(),
+    )
 }
 
 #[cfg(test)]
@@ -157,6 +144,50 @@ mod tests {
     }
 
     #[test]
+    fn b3_sampling_states() {
+        let sampled = |pairs: &[(&'static str, &str)]| {
+            let parent = parent_from_metadata(&metadata(pairs)).unwrap();
+            assert_eq!(parent.span_id().to_string(), "e457b5a2e4d86bd1");
+            assert!(parent.is_remote());
+            parent.is_sampled()
+        };
+        let single = |state: &str| {
+            sampled(&[(
+                "b3",
+                &format!("80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1{state}"),
+            )])
+        };
+        // Debug implies sampled; no state (deferred) is a context without a decision.
+        assert!(single("-d"));
+        assert!(single("-1"));
+        assert!(!single("-0"));
+        assert!(!single(""));
+        let multi = |extra: &[(&'static str, &str)]| {
+            let mut pairs = vec![
+                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+            ];
+            pairs.extend_from_slice(extra);
+            sampled(&pairs)
+        };
+        // The legacy `true`/`false` are accepted as B3 asks.
+        assert!(multi(&[("x-b3-sampled", "true")]));
+        assert!(!multi(&[("x-b3-sampled", "false")]));
+        assert!(multi(&[("x-b3-sampled", "1")]));
+        assert!(multi(&[("x-b3-flags", "1")]));
+        assert!(!multi(&[]));
+        // A single header that does not parse leaves the multiple headers to be read.
+        assert!(multi(&[("b3", "not-a-context"), ("x-b3-sampled", "1")]));
+        // Only the sampled bit of W3C's trace flags is set, whatever B3 said.
+        let debug = parent_from_metadata(&metadata(&[(
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-d",
+        )]))
+        .unwrap();
+        assert_eq!(debug.trace_flags(), TraceFlags::SAMPLED);
+    }
+
+    #[test]
     fn invalid_or_absent_context_gives_none() {
         assert!(parent_from_metadata(&metadata(&[])).is_none());
         assert!(parent_from_metadata(&metadata(&[("traceparent", "garbage")])).is_none());
@@ -166,6 +197,21 @@ mod tests {
                 "b3",
                 "00000000000000000000000000000000-e457b5a2e4d86bd1"
             )]))
+            .is_none()
+        );
+        assert!(
+            parent_from_metadata(&metadata(&[
+                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+                ("x-b3-spanid", "0000000000000000"),
+            ]))
+            .is_none()
+        );
+        assert!(
+            parent_from_metadata(&metadata(&[
+                ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
+                ("x-b3-spanid", "e457b5a2e4d86bd1"),
+                ("x-b3-sampled", "maybe"),
+            ]))
             .is_none()
         );
     }

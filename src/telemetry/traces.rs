@@ -120,7 +120,7 @@ pub struct Traces {
 /// Request-derived strings (hook name, API and org IDs, event type) are as long as the gateway
 /// sends them; a span carries at most [`bounds::SPAN_ATTRIBUTE_BYTES`] of each, truncated on a
 /// char boundary as OpenTelemetry's attribute length limit does.
-fn span_value(value: AttrValue<'_>) -> AttrValue<'_> {
+pub(super) fn span_value(value: AttrValue<'_>) -> AttrValue<'_> {
     match value {
         AttrValue::Str(text) => AttrValue::Str(bounds::prefix(text, bounds::SPAN_ATTRIBUTE_BYTES)),
         other => other,
@@ -136,7 +136,7 @@ fn random_trace_id() -> TraceId {
     }
 }
 
-fn random_span_id() -> SpanId {
+pub(super) fn random_span_id() -> SpanId {
     loop {
         let id = SpanId::from_bytes(rand::random());
         if id != SpanId::INVALID {
@@ -145,7 +145,7 @@ fn random_span_id() -> SpanId {
     }
 }
 
-fn unix_nanos() -> u64 {
+pub(super) fn unix_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
@@ -271,6 +271,17 @@ impl Traces {
                 sampler: Sampler::from_config(&config.trace_sampler, config.trace_sampler_arg),
             })),
         })
+    }
+
+    /// Exporting into `sink`, sampled as by default (the caller's decision, else every call).
+    #[cfg(test)]
+    pub(super) fn exporting_to(sink: Arc<SpanSink>) -> Self {
+        Self {
+            export: Some(Arc::new(Export {
+                sink,
+                sampler: Sampler::ParentBased(Root::AlwaysOn),
+            })),
+        }
     }
 
     /// Starts the server span of one call, child of the context in `metadata`, with
@@ -429,6 +440,11 @@ impl CallSpan {
     /// The call's span ID (for logs).
     pub fn span_id(&self) -> SpanId {
         self.context.span_id()
+    }
+
+    /// Where the span goes when it ends, when it is recorded.
+    pub(super) fn recording_sink(&self) -> Option<&Arc<SpanSink>> {
+        self.recording.as_ref().map(|recording| &recording.sink)
     }
 
     /// The trace ID as an exemplar, when the span is recorded.

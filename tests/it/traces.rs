@@ -16,7 +16,17 @@ use opentelemetry_proto::tonic::{
 };
 use prost::Message;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
+use tracing_subscriber::prelude::*;
 use tyk_dispatcher::hooks::steps::grants::hex;
+use tyk_dispatcher::{
+    App, Config,
+    hooks::{
+        HookConfig, HookTypeName, OnError, Step, StepConfig, StepContext, StepError, StepKind,
+        StepOutcome,
+    },
+    pb,
+};
 
 use crate::helpers::*;
 
@@ -352,4 +362,187 @@ async fn spans_can_be_exported_over_http_protobuf() {
         "coprocess.Dispatcher/Dispatch"
     );
     app.shutdown().await;
+}
+
+/// A custom step with spans of its own: one around an await, one opened inside it.
+#[derive(Debug)]
+struct Traced;
+
+#[async_trait::async_trait]
+impl Step for Traced {
+    async fn run(
+        &self,
+        _object: &mut pb::Object,
+        _cx: &StepContext,
+    ) -> Result<StepOutcome, StepError> {
+        async {
+            tokio::task::yield_now().await;
+            tracing::info_span!("check", attempt = 1).in_scope(|| {});
+        }
+        .instrument(tracing::info_span!("lookup", user = "dev"))
+        .await;
+        Ok(StepOutcome::Unchanged)
+    }
+}
+
+/// The app with the `traced` step on the seed call's hook.
+async fn spawn_traced(configure: impl FnOnce(&mut Config)) -> TestApp {
+    let config = config_with(|c| {
+        c.span_batch_delay_ms = 50;
+        c.hooks = vec![HookConfig {
+            name: seed_object().hook_name,
+            hook_type: HookTypeName::Pre,
+            api_ids: Vec::new(),
+            steps: vec![StepConfig {
+                kind: "traced".into(),
+                settings: serde_json::Map::new(),
+            }],
+            deadline_ms: 1000,
+            on_error: OnError::FailClosed,
+            dry_run: false,
+        }];
+        configure(c);
+    });
+    let traced = StepKind::new("traced", tyk_dispatcher::hooks::steps::ALL_HOOKS, |_| {
+        Ok(Traced)
+    });
+    spawn_built(App::builder(config).step(traced).build().await.unwrap()).await
+}
+
+#[tokio::test]
+async fn a_custom_steps_own_spans_are_exported_as_children_of_its_step_span() {
+    // The layer the binary installs with its log output, here for this thread only: the test's
+    // runtime, the app and the receiver all run on it.
+    let _subscriber = tracing::subscriber::set_default(
+        tracing_subscriber::registry().with(tyk_dispatcher::StepSpans),
+    );
+    let (receiver, endpoint, stop) = Receiver::start().await;
+    let app = spawn_traced(|c| c.otlp_endpoint = Some(endpoint.clone())).await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    // A span of ours around the call, outside any step: not exported.
+    call_with_metadata(
+        &app,
+        DISPATCH,
+        seed_object().encode_to_vec(),
+        &[("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01"))],
+    )
+    .instrument(tracing::info_span!("outside"))
+    .await;
+    let spans = receiver.wait_for(4).await;
+    // Anything more would have arrived in the same batch or the next one.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let spans: Vec<Span> = spans.into_iter().map(|(_, span)| span).collect();
+    let mut names: Vec<&str> = spans.iter().map(|s| s.name.as_str()).collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "check",
+            "coprocess.Dispatcher/Dispatch",
+            "lookup",
+            "step traced"
+        ]
+    );
+    assert_eq!(receiver.spans.lock().unwrap().len(), 4, "nothing else");
+    let named = |name: &str| spans.iter().find(|s| s.name == name).unwrap();
+    let (call, step, lookup, check) = (
+        named("coprocess.Dispatcher/Dispatch"),
+        named("step traced"),
+        named("lookup"),
+        named("check"),
+    );
+    for span in &spans {
+        assert_eq!(hex(&span.trace_id), trace, "{}", span.name);
+    }
+    assert_eq!(hex(&call.parent_span_id), "00f067aa0ba902b7");
+    assert_eq!(step.parent_span_id, call.span_id);
+    assert_eq!(lookup.parent_span_id, step.span_id);
+    assert_eq!(check.parent_span_id, lookup.span_id);
+    assert_eq!(lookup.kind, SpanKind::Internal as i32);
+    assert_eq!(text(&lookup.attributes, "user"), "dev");
+    assert_eq!(
+        attribute(&check.attributes, "attempt"),
+        Some(&Value::IntValue(1))
+    );
+    // Within the step's time.
+    assert!(lookup.start_time_unix_nano >= step.start_time_unix_nano);
+    assert!(lookup.end_time_unix_nano <= step.end_time_unix_nano);
+    app.shutdown().await;
+
+    // Export on but the call not sampled: the step is not recorded, nor are its spans.
+    let app = spawn_traced(|c| {
+        c.otlp_endpoint = Some(endpoint);
+        c.trace_sampler = "always_off".into();
+    })
+    .await;
+    call_with_metadata(&app, DISPATCH, seed_object().encode_to_vec(), &[]).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(receiver.spans.lock().unwrap().len(), 4, "nothing more");
+    app.shutdown().await;
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn the_binarys_subscriber_exports_a_custom_steps_spans() {
+    let (receiver, endpoint, stop) = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "a-signing-secret-of-enough-length",
+    )
+    .unwrap();
+    let config = dir.path().join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[[hooks]]\nname = \"Signed\"\ntype = \"CustomKeyCheck\"\n[[hooks.steps]]\nkind = \"signed_request_auth\"\nsecret_file = \"{}\"\ngrants = {{ apis = [\"04e911d3012646d97fcdd6c846fafc4b\"], rate = 5.0, per = 1.0 }}\n",
+            dir.path().join("secret").display()
+        ),
+    )
+    .unwrap();
+    let process = Process::start_example(
+        "custom_auth",
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ],
+        &["--config", config.to_str().unwrap()],
+    );
+    let (grpc, _) = process.ready().await;
+    let mut call = seed_object();
+    call.hook_type = pb::HookType::CustomKeyCheck as i32;
+    call.hook_name = "Signed".into();
+    call.request
+        .as_mut()
+        .unwrap()
+        .headers
+        .insert("X-Signature".into(), "00".into());
+    call_raw(
+        connect(grpc[0].parse().unwrap()).await,
+        DISPATCH,
+        call.encode_to_vec(),
+    )
+    .await
+    .unwrap();
+    let spans: Vec<Span> = receiver
+        .wait_for(3)
+        .await
+        .into_iter()
+        .map(|(_, span)| span)
+        .collect();
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let (call, step, verify) = (
+        named("coprocess.Dispatcher/Dispatch"),
+        named("step signed_request_auth"),
+        named("verify_signature"),
+    );
+    assert_eq!(verify.parent_span_id, step.span_id);
+    assert_eq!(verify.trace_id, call.trace_id);
+    assert_eq!(text(&verify.attributes, "method"), "GET");
+    stop.cancel();
 }
