@@ -12,7 +12,9 @@ use crate::{
     call::Refusals,
     charge::Charger,
     config::Sources,
-    config::{Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Listeners, Problem, Problems},
+    config::{
+        Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Listeners, Problem, Problems, Settled,
+    },
     dispatcher::{Dispatcher, LogSettings},
     hooks::{HookTable, Hooks, StepKind, StepRegistry},
     lifecycle::Lifecycle,
@@ -61,7 +63,7 @@ impl AppError {
 /// What a configuration builds into before anything binds, with every problem found on the way.
 struct Prepared {
     problems: Vec<Problem>,
-    listeners: Option<Listeners>,
+    settled: Option<Settled>,
     hooks: Option<HookTable>,
     tls: Option<Arc<ReloadingConfig>>,
 }
@@ -81,8 +83,8 @@ fn tls_files(config: &Config) -> Option<TlsFiles> {
 /// Validates `config`, builds its hooks, loads its TLS files and checks its trace export: all
 /// that can refuse a start short of binding, so `check-config` and the server agree.
 fn prepare(config: &Config, registry: &StepRegistry) -> Prepared {
-    let (listeners, mut problems) = match config.settle() {
-        Ok(listeners) => (Some(listeners), Vec::new()),
+    let (settled, mut problems) = match config.settle() {
+        Ok(settled) => (Some(settled), Vec::new()),
         Err(Problems(problems)) => (None, problems),
     };
     // A setting already reported (say, a file that does not exist) is not tried again: the
@@ -113,7 +115,7 @@ fn prepare(config: &Config, registry: &StepRegistry) -> Prepared {
     }
     Prepared {
         problems,
-        listeners,
+        settled,
         hooks,
         tls,
     }
@@ -191,10 +193,13 @@ impl AppBuilder {
             problems,
             hooks,
             tls,
-            listeners,
+            settled,
         } = prepare(&config, &registry);
-        let (hooks, listeners) = match (hooks, listeners) {
-            (Some(table), Some(listeners)) if problems.is_empty() => (table, listeners),
+        let (hooks, Settled {
+            listeners,
+            trace_sampler,
+        }) = match (hooks, settled) {
+            (Some(table), Some(settled)) if problems.is_empty() => (table, settled),
             _ => return Err(Problems(problems).into()),
         };
         let metrics = Metrics::new(MetricsSettings {
@@ -204,7 +209,8 @@ impl AppBuilder {
         });
         let hooks = Hooks::new(hooks, Arc::new(registry), metrics.clone());
         let traces =
-            Traces::from_config(&config, &metrics).map_err(|err| Problems(vec![err.problem()]))?;
+            Traces::from_config(&config, trace_sampler, &metrics)
+                .map_err(|err| Problems(vec![err.problem()]))?;
         let lifecycle = Lifecycle::default();
         let budget = InFlightBudget::new(config.in_flight_budget(), config.max_recv_bytes);
         let refusals = Refusals::new(metrics.clone());

@@ -209,27 +209,31 @@ impl From<&CallError> for Status {
     }
 }
 
-/// Counts, logs and answers refused calls; cheap to clone. A burst of bad calls writes a line
-/// a second per kind, each saying how many were suppressed before it.
+/// Counts, logs and answers refused calls. A burst of bad calls writes a line a second per
+/// kind, each saying how many were suppressed before it. One pointer to clone: the routes
+/// that hold it are cloned for every request.
 #[derive(Debug, Clone)]
-pub struct Refusals {
+pub struct Refusals(Arc<RefusalsInner>);
+
+#[derive(Debug)]
+struct RefusalsInner {
     metrics: Metrics,
-    warnings: Arc<[WarnLimit; 4]>,
+    warnings: [WarnLimit; 4],
 }
 
 impl Refusals {
     /// Refusals counted in `metrics`.
     pub fn new(metrics: Metrics) -> Self {
-        Self {
+        Self(Arc::new(RefusalsInner {
             metrics,
-            warnings: Arc::default(),
-        }
+            warnings: Default::default(),
+        }))
     }
 
     /// Counts `err`, logs it if its kind's rate limit allows, and gives the status to answer.
     pub fn refuse(&self, err: &CallError) -> Status {
-        self.metrics.reject(err.rejection());
-        if let Some(suppressed) = self.warnings[err.kind()].permit() {
+        self.0.metrics.reject(err.rejection());
+        if let Some(suppressed) = self.0.warnings[err.kind()].permit() {
             err.log(suppressed);
         }
         err.into()

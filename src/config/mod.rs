@@ -290,6 +290,31 @@ impl Problem {
     }
 }
 
+/// Which calls are traced: `trace_sampler` with `trace_sampler_arg`, as OpenTelemetry's
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` name them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TraceSampler {
+    /// Every call.
+    AlwaysOn,
+    /// No call.
+    AlwaysOff,
+    /// This fraction of trace IDs, whatever the caller decided.
+    Ratio(f64),
+    /// The caller's decision when it made one; the inner sampler's for the others.
+    ParentBased(RootSampler),
+}
+
+/// How a parent-based sampler decides for calls that carry no decision.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RootSampler {
+    /// Every such call.
+    AlwaysOn,
+    /// No such call.
+    AlwaysOff,
+    /// This fraction of their trace IDs.
+    Ratio(f64),
+}
+
 /// A setting's value that does not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValueError {
@@ -300,6 +325,15 @@ pub enum ValueError {
     /// value may be a credential.
     #[error("an entry without name=value (entry starting {0:?})")]
     HeaderEntry(String),
+}
+
+/// The sections [`Config::settle`] parsed while checking them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settled {
+    /// Where to listen.
+    pub listeners: Listeners,
+    /// Which calls are traced.
+    pub trace_sampler: TraceSampler,
 }
 
 /// The listen settings, parsed and checked ([`Config::listeners`]).
@@ -392,22 +426,28 @@ impl Config {
         self.settle().map(drop)
     }
 
-    /// Checks every value and gives the sections that are parsed on the way (the listeners),
-    /// so what uses them never parses them again; returns all problems at once.
+    /// Checks every value and gives the sections that are parsed on the way, so what uses them
+    /// never parses them again; returns all problems at once.
     ///
     /// # Errors
     /// [`Problems`] listing each key and value at fault.
-    pub fn settle(&self) -> Result<Listeners, Problems> {
-        let (listeners, mut problems) = match self.listeners() {
-            Ok(listeners) => (Some(listeners), Vec::new()),
-            Err(problems) => (None, problems),
-        };
+    pub fn settle(&self) -> Result<Settled, Problems> {
+        let mut problems = Vec::new();
+        let listeners = self.listeners().map_err(|found| problems.extend(found)).ok();
         let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
         self.validate_limits(&mut push);
+        let trace_sampler = self
+            .trace_sampler()
+            .map_err(|found| problems.extend(found))
+            .ok();
+        let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
         self.validate_telemetry(&mut push);
         self.validate_intervals(&mut push);
-        match listeners {
-            Some(listeners) if problems.is_empty() => Ok(listeners),
+        match (listeners, trace_sampler) {
+            (Some(listeners), Some(trace_sampler)) if problems.is_empty() => Ok(Settled {
+                listeners,
+                trace_sampler,
+            }),
             _ => Err(Problems(problems)),
         }
     }
@@ -547,26 +587,51 @@ impl Config {
         }
     }
 
-    /// Sampling, OTLP export and metric buckets.
-    fn validate_telemetry(&self, push: &mut impl FnMut(&str, String)) {
-        if !SAMPLERS.contains(&self.trace_sampler.as_str()) {
-            push(
-                "trace_sampler",
-                format!(
-                    "{:?} is not a sampler (one of {})",
-                    self.trace_sampler,
-                    SAMPLERS.join(", ")
-                ),
-            );
-        }
-        if let Some(ratio) = self.trace_sampler_arg
-            && !(0.0..=1.0).contains(&ratio)
-        {
-            push(
+    /// The sampler `trace_sampler` and `trace_sampler_arg` name, parsed.
+    ///
+    /// # Errors
+    /// An unknown sampler, or a ratio outside 0 to 1.
+    pub fn trace_sampler(&self) -> Result<TraceSampler, Vec<Problem>> {
+        let mut problems = Vec::new();
+        let ratio = self.trace_sampler_arg.unwrap_or(1.0);
+        if !(0.0..=1.0).contains(&ratio) {
+            problems.push(Problem::new(
                 "trace_sampler_arg",
                 format!("{ratio} is not a ratio from 0 to 1"),
-            );
+            ));
         }
+        let sampler = match self.trace_sampler.as_str() {
+            "always_on" => Some(TraceSampler::AlwaysOn),
+            "always_off" => Some(TraceSampler::AlwaysOff),
+            "traceidratio" => Some(TraceSampler::Ratio(ratio)),
+            "parentbased_always_on" => Some(TraceSampler::ParentBased(RootSampler::AlwaysOn)),
+            "parentbased_always_off" => Some(TraceSampler::ParentBased(RootSampler::AlwaysOff)),
+            "parentbased_traceidratio" => {
+                Some(TraceSampler::ParentBased(RootSampler::Ratio(ratio)))
+            }
+            _ => {
+                problems.insert(
+                    0,
+                    Problem::new(
+                        "trace_sampler",
+                        format!(
+                            "{:?} is not a sampler (one of {})",
+                            self.trace_sampler,
+                            SAMPLERS.join(", ")
+                        ),
+                    ),
+                );
+                None
+            }
+        };
+        match sampler {
+            Some(sampler) if problems.is_empty() => Ok(sampler),
+            _ => Err(problems),
+        }
+    }
+
+    /// OTLP export and metric buckets (the sampler is [`Config::trace_sampler`]).
+    fn validate_telemetry(&self, push: &mut impl FnMut(&str, String)) {
         if let Some(endpoint) = &self.otlp_endpoint
             && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
         {

@@ -21,7 +21,10 @@ use super::{
 };
 use crate::{
     bounds,
-    config::{Config, OtlpProtocol, Problem, otel::resource_attributes, parse_headers},
+    config::{
+        Config, OtlpProtocol, Problem, RootSampler, TraceSampler, otel::resource_attributes,
+        parse_headers,
+    },
     metrics::Metrics,
     wire::{put_len_prefix, put_len_record},
 };
@@ -79,19 +82,24 @@ fn under_ratio(trace_id: TraceId, bound: u64) -> bool {
     (low >> 1) < bound
 }
 
-impl Sampler {
-    fn from_config(name: &str, ratio: Option<f64>) -> Self {
-        let bound = ratio_bound(ratio.unwrap_or(1.0));
-        match name {
-            "always_on" => Self::AlwaysOn,
-            "always_off" => Self::AlwaysOff,
-            "traceidratio" => Self::Ratio(bound),
-            "parentbased_always_off" => Self::ParentBased(Root::AlwaysOff),
-            "parentbased_traceidratio" => Self::ParentBased(Root::Ratio(bound)),
-            _ => Self::ParentBased(Root::AlwaysOn),
+impl From<TraceSampler> for Sampler {
+    fn from(sampler: TraceSampler) -> Self {
+        match sampler {
+            TraceSampler::AlwaysOn => Self::AlwaysOn,
+            TraceSampler::AlwaysOff => Self::AlwaysOff,
+            TraceSampler::Ratio(ratio) => Self::Ratio(ratio_bound(ratio)),
+            TraceSampler::ParentBased(RootSampler::AlwaysOn) => Self::ParentBased(Root::AlwaysOn),
+            TraceSampler::ParentBased(RootSampler::AlwaysOff) => {
+                Self::ParentBased(Root::AlwaysOff)
+            }
+            TraceSampler::ParentBased(RootSampler::Ratio(ratio)) => {
+                Self::ParentBased(Root::Ratio(ratio_bound(ratio)))
+            }
         }
     }
+}
 
+impl Sampler {
     fn sample(self, parent: Option<&SpanContext>, trace_id: TraceId) -> bool {
         match (self, parent) {
             (Self::AlwaysOn, _) => true,
@@ -220,7 +228,11 @@ impl Traces {
     ///
     /// # Errors
     /// When the exporter cannot be built from the settings.
-    pub fn from_config(config: &Config, metrics: &Metrics) -> Result<Self, TracesError> {
+    pub fn from_config(
+        config: &Config,
+        sampler: TraceSampler,
+        metrics: &Metrics,
+    ) -> Result<Self, TracesError> {
         let Some(export) = ExportSettings::of(config)? else {
             return Ok(Self::disabled());
         };
@@ -268,7 +280,7 @@ impl Traces {
         Ok(Self {
             export: Some(Arc::new(Export {
                 sink,
-                sampler: Sampler::from_config(&config.trace_sampler, config.trace_sampler_arg),
+                sampler: Sampler::from(sampler),
             })),
         })
     }
