@@ -12,9 +12,7 @@ use crate::{
     call::Refusals,
     charge::Charger,
     config::Sources,
-    config::{
-        Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Listeners, Problem, Problems, Settled,
-    },
+    config::{Config, EXIT_BIND, EXIT_CONFIG, ListenAddr, Listeners, Problem, Problems, Settled},
     dispatcher::{Dispatcher, LogSettings},
     hooks::{HookTable, Hooks, StepKind, StepRegistry},
     lifecycle::Lifecycle,
@@ -195,10 +193,13 @@ impl AppBuilder {
             tls,
             settled,
         } = prepare(&config, &registry);
-        let (hooks, Settled {
-            listeners,
-            trace_sampler,
-        }) = match (hooks, settled) {
+        let (
+            hooks,
+            Settled {
+                listeners,
+                trace_sampler,
+            },
+        ) = match (hooks, settled) {
             (Some(table), Some(settled)) if problems.is_empty() => (table, settled),
             _ => return Err(Problems(problems).into()),
         };
@@ -208,9 +209,8 @@ impl AppBuilder {
             api_label: config.metrics_api_label,
         });
         let hooks = Hooks::new(hooks, Arc::new(registry), metrics.clone());
-        let traces =
-            Traces::from_config(&config, trace_sampler, &metrics)
-                .map_err(|err| Problems(vec![err.problem()]))?;
+        let traces = Traces::from_config(&config, trace_sampler, &metrics)
+            .map_err(|err| Problems(vec![err.problem()]))?;
         let lifecycle = Lifecycle::default();
         let budget = InFlightBudget::new(config.in_flight_budget(), config.max_recv_bytes);
         let refusals = Refusals::new(metrics.clone());

@@ -433,7 +433,10 @@ impl Config {
     /// [`Problems`] listing each key and value at fault.
     pub fn settle(&self) -> Result<Settled, Problems> {
         let mut problems = Vec::new();
-        let listeners = self.listeners().map_err(|found| problems.extend(found)).ok();
+        let listeners = self
+            .listeners()
+            .map_err(|found| problems.extend(found))
+            .ok();
         let mut push = |key: &str, message: String| problems.push(Problem::new(key, message));
         self.validate_limits(&mut push);
         let trace_sampler = self
@@ -750,6 +753,35 @@ pub fn parse_headers(text: &str) -> Result<Vec<(String, String)>, ValueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sampler_is_parsed_once_with_its_ratio() {
+        let config = Config {
+            trace_sampler: "parentbased_traceidratio".into(),
+            trace_sampler_arg: Some(0.25),
+            ..Config::default()
+        };
+        assert_eq!(
+            config.trace_sampler(),
+            Ok(TraceSampler::ParentBased(RootSampler::Ratio(0.25)))
+        );
+        assert_eq!(
+            config.settle().unwrap().trace_sampler,
+            TraceSampler::ParentBased(RootSampler::Ratio(0.25))
+        );
+        let unknown = Config {
+            trace_sampler: "sometimes".into(),
+            trace_sampler_arg: Some(2.0),
+            ..Config::default()
+        };
+        let keys: Vec<String> = unknown
+            .trace_sampler()
+            .unwrap_err()
+            .into_iter()
+            .map(|p| p.key)
+            .collect();
+        assert_eq!(keys, ["trace_sampler", "trace_sampler_arg"]);
+    }
 
     #[test]
     fn defaults_are_valid_and_as_documented() {

@@ -89,9 +89,7 @@ impl From<TraceSampler> for Sampler {
             TraceSampler::AlwaysOff => Self::AlwaysOff,
             TraceSampler::Ratio(ratio) => Self::Ratio(ratio_bound(ratio)),
             TraceSampler::ParentBased(RootSampler::AlwaysOn) => Self::ParentBased(Root::AlwaysOn),
-            TraceSampler::ParentBased(RootSampler::AlwaysOff) => {
-                Self::ParentBased(Root::AlwaysOff)
-            }
+            TraceSampler::ParentBased(RootSampler::AlwaysOff) => Self::ParentBased(Root::AlwaysOff),
             TraceSampler::ParentBased(RootSampler::Ratio(ratio)) => {
                 Self::ParentBased(Root::Ratio(ratio_bound(ratio)))
             }
