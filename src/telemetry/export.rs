@@ -65,14 +65,33 @@ pub enum Transport {
 
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
 
+/// Why one export did not reach the collector.
+#[derive(Debug, thiserror::Error)]
+enum SendError {
+    /// No connection, or the request did not get through.
+    #[error("collector unreachable: {0}")]
+    Unreachable(String),
+    /// The collector answered OTLP/gRPC with an error status.
+    #[error("collector answered {code:?}: {message}")]
+    Status {
+        /// The gRPC status code.
+        code: tonic::Code,
+        /// Its message.
+        message: String,
+    },
+    /// The collector answered OTLP/HTTP with an error status.
+    #[error("collector answered HTTP {0}")]
+    Http(reqwest::StatusCode),
+}
+
 impl Transport {
-    async fn send(&mut self, body: Vec<u8>) -> Result<(), String> {
+    async fn send(&mut self, body: Vec<u8>) -> Result<(), SendError> {
         match self {
             Self::Grpc { client, metadata } => {
                 client
                     .ready()
                     .await
-                    .map_err(|err| format!("collector unreachable: {err}"))?;
+                    .map_err(|err| SendError::Unreachable(err.to_string()))?;
                 let mut request = tonic::Request::new(crate::codec::RawMessage::new(body));
                 *request.metadata_mut() = metadata.clone();
                 client
@@ -83,12 +102,9 @@ impl Transport {
                     )
                     .await
                     .map(drop)
-                    .map_err(|status| {
-                        format!(
-                            "collector answered {:?}: {}",
-                            status.code(),
-                            status.message()
-                        )
+                    .map_err(|status| SendError::Status {
+                        code: status.code(),
+                        message: status.message().to_string(),
                     })
             }
             Self::Http {
@@ -103,11 +119,11 @@ impl Transport {
                     .body(body)
                     .send()
                     .await
-                    .map_err(|err| format!("collector unreachable: {err}"))?;
+                    .map_err(|err| SendError::Unreachable(err.to_string()))?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("collector answered HTTP {}", response.status()))
+                    Err(SendError::Http(response.status()))
                 }
             }
         }
@@ -271,7 +287,7 @@ impl Exporting {
                 if !self.failing {
                     self.failing = true;
                     let reason = match outcome {
-                        Ok(Err(err)) => err,
+                        Ok(Err(err)) => err.to_string(),
                         _ => format!("no answer within {:?}", self.settings.export_timeout),
                     };
                     tracing::warn!(

@@ -38,8 +38,31 @@ pub enum TracesError {
         /// The configured endpoint.
         endpoint: String,
         /// Why.
-        reason: String,
+        reason: ExporterSetting,
     },
+}
+
+/// An export setting the exporter cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ExporterSetting {
+    /// `otlp_headers` does not parse.
+    #[error(transparent)]
+    Headers(#[from] crate::config::ValueError),
+    /// A header name HTTP does not allow.
+    #[error("header name {0:?} is not valid")]
+    HeaderName(String),
+    /// A header value HTTP does not allow (not shown: it may be a credential).
+    #[error("the value of header {0} is not valid")]
+    HeaderValue(String),
+    /// The endpoint is not a URL.
+    #[error("not a valid URL: {0}")]
+    Url(String),
+    /// The TLS setup for an `https` endpoint failed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The HTTP client could not be built.
+    #[error("{0}")]
+    Client(String),
 }
 
 impl TracesError {
@@ -177,7 +200,7 @@ impl<'a> ExportSettings<'a> {
             .transpose()
             .map_err(|err| TracesError::Exporter {
                 endpoint: endpoint.to_string(),
-                reason: err.to_string(),
+                reason: err.into(),
             })?
             .unwrap_or_default();
         Ok(Some(Self {
@@ -187,7 +210,7 @@ impl<'a> ExportSettings<'a> {
         }))
     }
 
-    fn error(&self, reason: String) -> TracesError {
+    fn error(&self, reason: ExporterSetting) -> TracesError {
         TracesError::Exporter {
             endpoint: self.endpoint.to_string(),
             reason,
@@ -366,13 +389,13 @@ impl Traces {
 }
 
 /// The configured export headers (`OTEL_EXPORTER_OTLP_HEADERS`), checked.
-fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, String> {
+fn header_map(headers: &[(String, String)]) -> Result<http::HeaderMap, ExporterSetting> {
     let mut map = http::HeaderMap::new();
     for (name, value) in headers {
         let key = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("header name {name:?} is not valid"))?;
+            .map_err(|_| ExporterSetting::HeaderName(name.clone()))?;
         let value = http::HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of header {name} is not valid"))?;
+            .map_err(|_| ExporterSetting::HeaderValue(name.clone()))?;
         map.insert(key, value);
     }
     Ok(map)
@@ -383,16 +406,16 @@ fn grpc_endpoint(
     endpoint: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Result<(tonic::transport::Endpoint, MetadataMap), String> {
+) -> Result<(tonic::transport::Endpoint, MetadataMap), ExporterSetting> {
     let metadata = tonic::metadata::MetadataMap::from_headers(header_map(headers)?);
     let mut channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())
-        .map_err(|err| format!("not a valid URL: {err}"))?
+        .map_err(|err| ExporterSetting::Url(err.to_string()))?
         .connect_timeout(timeout)
         .timeout(timeout);
     if endpoint.starts_with("https://") {
         channel = channel
             .tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots())
-            .map_err(|err| format!("TLS: {err}"))?;
+            .map_err(|err| ExporterSetting::Tls(err.to_string()))?;
     }
     Ok((channel, metadata))
 }
@@ -401,7 +424,7 @@ fn grpc_transport(
     endpoint: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Result<Transport, String> {
+) -> Result<Transport, ExporterSetting> {
     let (channel, metadata) = grpc_endpoint(endpoint, headers, timeout)?;
     Ok(Transport::Grpc {
         client: tonic::client::Grpc::new(channel.connect_lazy()),
@@ -413,13 +436,13 @@ fn http_transport(
     endpoint: &str,
     headers: &[(String, String)],
     timeout: Duration,
-) -> Result<Transport, String> {
+) -> Result<Transport, ExporterSetting> {
     let map = header_map(headers)?;
-    let url = reqwest::Url::parse(endpoint).map_err(|err| format!("not a valid URL: {err}"))?;
+    let url = reqwest::Url::parse(endpoint).map_err(|err| ExporterSetting::Url(err.to_string()))?;
     let client = reqwest::Client::builder()
         .timeout(timeout)
         .build()
-        .map_err(|err| err.to_string())?;
+        .map_err(|err| ExporterSetting::Client(err.to_string()))?;
     Ok(Transport::Http {
         client,
         url: url.to_string(),
