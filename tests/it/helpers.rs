@@ -615,6 +615,22 @@ pub fn run_binary(env: &[(&str, &str)], args: &[&str]) -> (Option<i32>, String, 
 }
 
 /// A loopback config (quiet, short drain), adjusted by `f`.
+/// A config file in `dir` for `examples/custom_auth.rs`: its step on a CustomKeyCheck hook
+/// named `Signed`, signing with `secret` (written beside it).
+pub fn custom_auth_config(dir: &Path, secret: &str) -> PathBuf {
+    std::fs::write(dir.join("secret"), secret).unwrap();
+    let config = dir.join("dispatcher.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[[hooks]]\nname = \"Signed\"\ntype = \"CustomKeyCheck\"\n[[hooks.steps]]\nkind = \"signed_request_auth\"\nsecret_file = \"{}\"\ngrants = {{ apis = [\"04e911d3012646d97fcdd6c846fafc4b\"], rate = 5.0, per = 1.0 }}\n",
+            dir.join("secret").display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
 pub fn config_with(f: impl FnOnce(&mut Config)) -> Config {
     let mut config = Config::for_loopback();
     config.log_calls = false;

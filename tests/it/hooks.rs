@@ -729,16 +729,7 @@ fn check_config_refuses_bad_hooks_with_clear_messages() {
 async fn the_custom_auth_example_serves_its_step_with_the_same_telemetry() {
     let dir = tempfile::tempdir().unwrap();
     let secret = "a-signing-secret-of-enough-length";
-    std::fs::write(dir.path().join("secret"), secret).unwrap();
-    let config = dir.path().join("dispatcher.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[[hooks]]\nname = \"Signed\"\ntype = \"CustomKeyCheck\"\n[[hooks.steps]]\nkind = \"signed_request_auth\"\nsecret_file = \"{}\"\ngrants = {{ apis = [\"04e911d3012646d97fcdd6c846fafc4b\"], rate = 5.0, per = 1.0 }}\n",
-            dir.path().join("secret").display()
-        ),
-    )
-    .unwrap();
+    let config = custom_auth_config(dir.path(), secret);
     let process =
         Process::start_example("custom_auth", &[], &["--config", config.to_str().unwrap()]);
     let (grpc, admin) = process.ready().await;

@@ -486,20 +486,7 @@ async fn a_custom_steps_own_spans_are_exported_as_children_of_its_step_span() {
 async fn the_binarys_subscriber_exports_a_custom_steps_spans() {
     let (receiver, endpoint, stop) = Receiver::start().await;
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("secret"),
-        "a-signing-secret-of-enough-length",
-    )
-    .unwrap();
-    let config = dir.path().join("dispatcher.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen = \"127.0.0.1:0\"\n[[hooks]]\nname = \"Signed\"\ntype = \"CustomKeyCheck\"\n[[hooks.steps]]\nkind = \"signed_request_auth\"\nsecret_file = \"{}\"\ngrants = {{ apis = [\"04e911d3012646d97fcdd6c846fafc4b\"], rate = 5.0, per = 1.0 }}\n",
-            dir.path().join("secret").display()
-        ),
-    )
-    .unwrap();
+    let config = custom_auth_config(dir.path(), "a-signing-secret-of-enough-length");
     let process = Process::start_example(
         "custom_auth",
         &[
