@@ -220,7 +220,7 @@ impl AppBuilder {
                 objects: config.log_objects,
             },
             budget.clone(),
-            ReplyPolicy::new(config.max_reply_bytes, metrics.clone()),
+            ReplyPolicy::new(config.max_reply_bytes, metrics.clone()).trimming(config.trim_replies),
             metrics.clone(),
             traces.clone(),
             hooks.clone(),

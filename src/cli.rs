@@ -98,6 +98,27 @@ fn config_errors(Problems(problems): Problems) -> ExitCode {
     ExitCode::from(config::EXIT_CONFIG)
 }
 
+/// The async runtime for `workers` threads (unset: the CPUs this process may use).
+///
+/// One worker runs a current-thread scheduler. Besides saving a thread, it polls tasks in the
+/// order they were woken: the tasks of the streams a connection read in one go all answer
+/// before the connection's task runs again, which then writes their frames in one `writev`.
+/// The multi-threaded scheduler runs a woken task next (its LIFO slot), so the connection task
+/// would write after every single answer.
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let workers = workers.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(workers);
+        builder
+    };
+    builder.enable_all().build()
+}
+
 fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
     // First of all: it may start the process over, with glibc's malloc tuned.
     let tuning = malloc_tuning::apply();
@@ -110,11 +131,7 @@ fn run(loaded: &Loaded, builder: AppBuilder) -> Result<(), RunError> {
     }
     // Before the app is built: its connection caps are measured against the raised limit.
     let nofile = crate::hygiene::raise_nofile_limit();
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = config.worker_threads {
-        runtime.worker_threads(threads);
-    }
-    let runtime = runtime.enable_all().build().map_err(RunError::Runtime)?;
+    let runtime = runtime(config.worker_threads).map_err(RunError::Runtime)?;
     runtime.block_on(async {
         let app = builder.build().await?;
         // Logged once the start is sure: a refused one prints only its problems.

@@ -11,6 +11,21 @@ pub fn encode(bytes: &[u8]) -> String {
     out
 }
 
+/// `bytes` as lower-case hex written into `out` (twice as long), without allocating: for IDs
+/// formatted on every call.
+///
+/// # Panics
+/// When `out` is not twice as long as `bytes`.
+pub fn encode_into<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    assert_eq!(out.len(), 2 * bytes.len(), "hex needs two digits a byte");
+    for (byte, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair[0] = DIGITS[usize::from(byte >> 4)];
+        pair[1] = DIGITS[usize::from(byte & 0x0f)];
+    }
+    std::str::from_utf8(out).expect("hex digits are ASCII")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -22,5 +37,7 @@ mod tests {
         let all: Vec<u8> = (0..=255).collect();
         let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(encode(&all), expected);
+        let mut out = vec![0; 512];
+        assert_eq!(encode_into(&all, &mut out), expected);
     }
 }

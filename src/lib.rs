@@ -57,8 +57,10 @@ pub(crate) mod server;
 pub(crate) mod stream_watch;
 pub(crate) mod telemetry;
 pub(crate) mod tls;
+pub(crate) mod trim;
 pub(crate) mod watch;
 pub(crate) mod wire;
+pub(crate) mod write_batch;
 
 pub use app::{App, AppBuilder, AppError};
 pub use config::Config;

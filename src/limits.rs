@@ -283,6 +283,8 @@ pub enum ReplyFit {
 #[derive(Debug, Clone)]
 pub struct ReplyPolicy {
     limit: Option<usize>,
+    /// Replies trimmed to what the gateway reads back (`trim_replies`).
+    trim: bool,
     metrics: Metrics,
     /// Rate limits of the per-call warnings: body strings dropped, over the gateway's default
     /// (a reply refused as too large is logged with the other refusals, see `call`).
@@ -294,9 +296,36 @@ impl ReplyPolicy {
     pub fn new(limit: Option<usize>, metrics: Metrics) -> Self {
         Self {
             limit,
+            trim: false,
             metrics,
             warnings: Arc::default(),
         }
+    }
+
+    /// The same policy, trimming replies to what the gateway reads back when `trim` is set.
+    #[must_use]
+    pub fn trimming(mut self, trim: bool) -> Self {
+        self.trim = trim;
+        self
+    }
+
+    /// The reply of a call of `hook_type` as it will be sent: trimmed when asked for (see
+    /// `trim`), then fitted to the limit ([`ReplyPolicy::fit`]).
+    ///
+    /// # Errors
+    /// As [`ReplyPolicy::fit`].
+    pub fn shape(&self, reply: Bytes, hook_type: i32) -> Result<Bytes, ReplyTooLarge> {
+        let reply = if self.trim {
+            // Every reply was scanned (or encoded) as an Object already: a framing error here
+            // cannot happen, and would leave the reply whole.
+            crate::trim::for_gateway(&reply, hook_type)
+                .ok()
+                .flatten()
+                .unwrap_or(reply)
+        } else {
+            reply
+        };
+        self.fit(reply).map(|(reply, _)| reply)
     }
 
     /// Makes `reply` (an encoded Object) fit the limit: as it is when it fits; without its

@@ -46,6 +46,7 @@ use crate::{
     response::FinishedRoutes,
     stream_watch::StreamExecutor,
     tls::ReloadingConfig,
+    write_batch::WriteBatch,
 };
 
 /// Streams a client may open and reset before the server has accepted them, at once, before
@@ -203,7 +204,7 @@ impl ConnectionServer {
     {
         let shaken = Arc::new(AtomicBool::new(false));
         let called = Arc::new(AtomicBool::new(false));
-        let io = HandshakeWatch::new(io, shaken.clone());
+        let io = HandshakeWatch::new(WriteBatch::new(io), shaken.clone());
         let budget = self.charger.connection();
         let service = MarkCalls::new(
             TowerToHyperService::new(Charging::new(

@@ -114,6 +114,9 @@ pub struct Config {
     /// (replies over the gateway's 4 MiB default are warned about).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_reply_bytes: Option<usize>,
+    /// Replies carry only what the gateway reads back (see `trim`): the one exception to
+    /// byte-for-byte replies, off by default.
+    pub trim_replies: bool,
     /// Longest drain after SIGTERM while clients are still connected.
     pub drain_delay_secs: u64,
     /// Time for in-flight calls to finish once the listeners are closed.
@@ -230,6 +233,7 @@ impl Default for Config {
             admin_listen: DEFAULT_ADMIN_LISTEN.to_string(),
             max_recv_bytes: DEFAULT_MAX_RECV_BYTES,
             max_reply_bytes: None,
+            trim_replies: false,
             drain_delay_secs: 45,
             shutdown_grace_secs: 30,
             max_connection_age_secs: None,

@@ -48,6 +48,7 @@ pub const KEYS: &[&str] = &[
     "reply_progress_timeout_secs",
     "worker_threads",
     "reflection",
+    "trim_replies",
     "log_calls",
     "log_objects",
     "log_format",
@@ -169,6 +170,10 @@ pub struct CliOverrides {
     #[arg(long, global = true, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reflection: Option<bool>,
+    /// Send only what the gateway reads back (not byte for byte).
+    #[arg(long, global = true, value_name = "BOOL")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trim_replies: Option<bool>,
     /// Log one line per call.
     #[arg(long, global = true, value_name = "BOOL")]
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -451,13 +456,19 @@ pub fn load(sources: &Sources) -> Result<Loaded, Problems> {
     if super::otel::sdk_disabled(&sources.env) {
         config.otlp_endpoint = None;
     }
-    let notes = match gateway.apply(&mut config) {
+    let mut notes = match gateway.apply(&mut config) {
         Ok(notes) => notes,
         Err(problem) => {
             problems.push(problem);
             Vec::new()
         }
     };
+    if config.trim_replies {
+        notes.push(
+            "trim_replies is on: replies carry only what the gateway reads back (proven with Tyk Gateway v5.14.0), not the Object byte for byte"
+                .to_string(),
+        );
+    }
     if let Err(Problems(found)) = config.validate() {
         problems.extend(found);
     }

@@ -1,6 +1,7 @@
 //! Telemetry: log output, and OTLP traces per call that join the gateway's trace (with the
 //! `tracing` spans of the call's steps).
 
+mod clock;
 mod export;
 mod logs;
 mod otlp;

@@ -320,6 +320,14 @@ class Upstream:
         self.url = f"http://127.0.0.1:{self.port}"
 
 
+# Settings every dispatcher of the run gets, under the scenario's own: `E2E_DISPATCHER_ENV`
+# holds NAME=value pairs separated by commas (run.sh's second pass sets
+# TYK_DISPATCHER_TRIM_REPLIES=true this way).
+SUITE_DISPATCHER_ENV = dict(
+    pair.split("=", 1) for pair in os.environ.get("E2E_DISPATCHER_ENV", "").split(",") if "=" in pair
+)
+
+
 class Dispatcher:
     """The release binary with a TOML config file and environment; admin on its own port."""
 
@@ -342,6 +350,7 @@ class Dispatcher:
             "TYK_DISPATCHER_CONFIG_RELOAD_INTERVAL_SECS": "1",
             "RUST_LOG": "info",
         })
+        base.update(SUITE_DISPATCHER_ENV)
         base.update(env or {})
         self.env = base
         self.tools = tools
@@ -535,7 +544,7 @@ def dispatch_count(metrics_text: str, hook_type: str, hook_name: str, outcome: s
 # The dispatcher re-executes itself at start with glibc's malloc tuned (src/malloc_tuning.rs).
 # glibc (before 2.39) cuts GLIBC_TUNABLES at each ':' in place as it reads it, so
 # /proc/PID/environ shows the later pieces as entries of their own.
-MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=131072:"
+MALLOC_TUNABLES = ("glibc.malloc.mmap_threshold=131072:glibc.malloc.trim_threshold=1048576:"
                    "glibc.malloc.arena_max=2")
 
 

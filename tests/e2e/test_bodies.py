@@ -67,8 +67,10 @@ def test_utf8_bodies_lose_their_duplicate_strings_to_fit_the_default_limit(stack
     reply = stack.gateway.request("POST", "/bodies/upload", body=body, headers={"Content-Type": "application/json"})
     assert reply.status == 200, reply
     after = harness.metric(stack.dispatcher.metrics(), "tyk_dispatcher_reply_body_strings_dropped_total")
-    # The Pre reply and the Response reply (which carries the request body too).
-    assert after - before == 2
+    # The Pre reply and the Response reply (which carries the request body too); trimmed
+    # replies (run.sh's second pass) never had the strings, so there is nothing left to drop.
+    trimmed = harness.SUITE_DISPATCHER_ENV.get("TYK_DISPATCHER_TRIM_REPLIES") == "true"
+    assert after - before == (0 if trimmed else 2)
 
 
 @pytest.mark.parametrize("stack", ["default"], indirect=True)
