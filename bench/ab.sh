@@ -48,7 +48,7 @@ for round in $(seq 1 "$ROUNDS"); do
         log "round $round/$ROUNDS: $label ($tree)"
         # A failed threshold (exit 1) still leaves figures; a failed run (2) does not.
         status=0
-        (cd "$tree" && env -u CARGO_TARGET_DIR SKIP_BUILD=1 ROUNDS=1 "bench/$SCRIPT" >"$OUT/$label-$round.log" 2>&1) || status=$?
+        (cd "$tree" && env -u CARGO_TARGET_DIR SKIP_BUILD=1 ROUNDS=1 SERVERS=rust,rust-logged RATES=closed "bench/$SCRIPT" >"$OUT/$label-$round.log" 2>&1) || status=$?
         [ "$status" -le 1 ] || { log "$label run failed (exit $status): $OUT/$label-$round.log"; exit 2; }
         cp "$tree/$(result_of)" "$OUT/$label-$round.json"
     done
@@ -62,6 +62,10 @@ out, script, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def figures(doc):
     """{configuration: (calls/s, server CPU µs per call)} of one result file."""
     if script == "compare.sh":
+        if "tables" in doc:  # compare.py: medians per server of the closed-loop runs
+            table = doc["tables"]["closed"]["medians"]
+            return {k: (table[k]["calls_per_s"], table[k]["cpu_us_per_call"])
+                    for k in ("rust", "rust-logged") if k in table}
         rust = doc["runs"]["rust"]
         return {"pass-through": (rust["throughput"], rust.get("server_cpu_us_per_call"))}
     table = doc["median"] if script == "hooks_overhead.sh" else doc["summary"]

@@ -51,7 +51,7 @@ log() { printf 'gateway.sh: %s\n' "$*" >&2; }
 die() { log "$*"; exit 2; }
 
 for config in $CONFIGS; do
-    case "$config" in none | rust | go | python) ;; *) die "unknown configuration '$config' in CONFIGS" ;; esac
+    case "$config" in none | rust | rust-trim | go | python) ;; *) die "unknown configuration '$config' in CONFIGS" ;; esac
 done
 for tool in taskset curl python3; do
     command -v "$tool" >/dev/null || die "$tool is not installed"
@@ -314,11 +314,12 @@ start_dispatcher() { # CONFIG RUN_NAME: starts it on $SOCK, waits until it liste
     ADMIN_PORT=""
     case "$config" in
         none) return 0 ;;
-        rust)
+        rust | rust-trim)
             ADMIN_PORT="$(free_port)"
             start "$SUT_CPUS" "$name-dispatcher" env "${CLEAN_ENV[@]}" \
                 TYK_DISPATCHER_LISTEN="unix://$SOCK" TYK_DISPATCHER_ADMIN_LISTEN="127.0.0.1:$ADMIN_PORT" \
                 TYK_DISPATCHER_LOG_CALLS=false TYK_DISPATCHER_LOG_FORMAT=json \
+                TYK_DISPATCHER_TRIM_REPLIES="$([ "$config" = rust-trim ] && echo true || echo false)" \
                 "$BIN/tyk-dispatcher"
             ;;
         go)
@@ -334,7 +335,7 @@ start_dispatcher() { # CONFIG RUN_NAME: starts it on $SOCK, waits until it liste
     for i in $(seq $((READY_SECS * 10))); do
         kill -0 "$DISPATCHER_PID" 2>/dev/null || die "$name: the $config dispatcher exited"
         case "$config" in
-            rust) curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && return 0 ;;
+            rust | rust-trim) curl -fsS -o /dev/null --max-time 1 "http://127.0.0.1:$ADMIN_PORT/readyz" 2>/dev/null && return 0 ;;
             go) [ -S "$SOCK" ] && return 0 ;;
             python) [ -s "$WORK/python.ready" ] && [ -S "$SOCK" ] && return 0 ;;
         esac
@@ -389,7 +390,7 @@ run_one() { # ROUND CONFIG
             -duration "${DURATION_SECS}s" -body "$BODY" -label "$config" "${pids[@]}" \
             >"$RUNS/$run.json" 2>"$LOGS/$name-httpload.log" || rc=$?
         counts=""
-        [ "$config" != rust ] || counts="$(dispatch_counts)"
+        [ -z "$ADMIN_PORT" ] || counts="$(dispatch_counts)"
         kill -0 "$GATEWAY_PID" 2>/dev/null || die "$name: the gateway died during the run"
         [ -z "$DISPATCHER_PID" ] || kill -0 "$DISPATCHER_PID" 2>/dev/null || die "$name: the dispatcher died during the run"
         # The gateway first: it holds the dispatcher's connection, and the dispatcher drains
@@ -465,7 +466,8 @@ def cpu_list(spec):  # taskset's list: "0", "0,1", "0-1"
         out += range(int(lo), int(hi or lo) + 1)
     return out
 sut_cpus = cpu_list(os.environ["SUT_CPUS"])
-names = {"none": "no plugin", "rust": "tyk-dispatcher", "go": "grpc-go", "python": "Python grpc.aio"}
+names = {"none": "no plugin", "rust": "tyk-dispatcher", "rust-trim": "tyk-dispatcher, trim_replies",
+         "go": "grpc-go", "python": "Python grpc.aio"}
 
 def cpu(r, name, key):
     v = r["cpu"].get(name)
@@ -547,6 +549,8 @@ ratios["go_over_rust_cpu_per_call"] = ratio("go", "rust", "dispatcher_us_per_cal
 ratios["python_over_rust_cpu_per_call"] = ratio("python", "rust", "dispatcher_us_per_call")
 ratios["rust_over_go_rps"] = ratio("rust", "go", "rps")
 ratios["rust_over_python_rps"] = ratio("rust", "python", "rps")
+ratios["trim_over_rust_rps"] = ratio("rust-trim", "rust", "rps")
+ratios["rust_over_go_cpu_per_call"] = ratio("rust", "go", "dispatcher_us_per_call")
 print()
 if ratios["go_over_rust_cpu_per_call"]:
     print(f"Dispatcher CPU per call: grpc-go / tyk-dispatcher = {ratios['go_over_rust_cpu_per_call']:.2f}x")
@@ -556,6 +560,11 @@ if ratios["rust_over_go_rps"]:
     print(f"Gateway req/s: tyk-dispatcher / grpc-go = {ratios['rust_over_go_rps']:.2f}x")
 if ratios["rust_over_python_rps"]:
     print(f"Gateway req/s: tyk-dispatcher / Python = {ratios['rust_over_python_rps']:.2f}x")
+if ratios["rust_over_go_cpu_per_call"]:
+    print(f"Dispatcher CPU per call: tyk-dispatcher / grpc-go = {ratios['rust_over_go_cpu_per_call']:.2f}"
+          " (goal: at most 0.50)")
+if ratios["trim_over_rust_rps"]:
+    print(f"Gateway req/s: trimmed replies / byte-for-byte = {ratios['trim_over_rust_rps']:.3f}x")
 for r in runs:
     calls = r.get("dispatch_calls")
     if calls:
