@@ -237,7 +237,7 @@ def fmt(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
-def report(title, rounds, kinds):
+def report(title, rounds, kinds, judged):
     print(f"\n## {title}: medians of {len(rounds)} rounds\n")
     print("| server | calls/s | CPU µs/call | server CPU | p50 µs | p99 µs | RSS MiB |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -258,7 +258,7 @@ def report(title, rounds, kinds):
                 continue
             ratio = median([r[kind]["cpu_us_per_call"] / r["go"]["cpu_us_per_call"] for r in rounds])
             ratios[kind] = ratio
-            goal = GOALS.get(kind)
+            goal = GOALS.get(kind) if judged else None
             verdict = "" if goal is None else (
                 f" (goal: at most {goal:.2f}: {'met' if ratio <= goal else 'MISSED'})")
             print(f"  {kind}: {ratio:.2f}{verdict}")
@@ -337,7 +337,8 @@ def main():
             for i in range(args.rounds):
                 order = kinds[i % len(kinds):] + kinds[:i % len(kinds)]
                 rounds.append(run_round(order, args, payload, rate_of, workdir))
-            results["tables"][rate] = report(title, rounds, kinds)
+            # The goals are set for the closed loop and for 10 000 calls/s.
+            results["tables"][rate] = report(title, rounds, kinds, rate in ("closed", "10000"))
     except RunFailed as err:
         log(f"FAILED: {err}")
         return 2

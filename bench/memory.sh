@@ -15,7 +15,7 @@
 # target/bench/memory.json; exit 2 when something failed.
 #
 # Settings (env): IDLE_SECS=10 AFTER_SECS=30 SOAK_SECS=0 SOAK_SHARE=0.8 CAP_SECS=10
-# SERVER_CPU=0 LOADGEN_CPU=1 SKIP_BUILD=1 (use the binaries already built)
+# SERVER_CPU=0 LOADGEN_CPU=1 WAIT_IDLE_SECS=30 SKIP_BUILD=1 (use the binaries already built)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -28,6 +28,7 @@ SOAK_SHARE="${SOAK_SHARE:-0.8}"
 CAP_SECS="${CAP_SECS:-10}"
 SERVER_CPU="${SERVER_CPU:-0}"
 LOADGEN_CPU="${LOADGEN_CPU:-1}"
+WAIT_IDLE_SECS="${WAIT_IDLE_SECS:-30}"
 
 TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 OUT="$TARGET_DIR/bench/memory"
