@@ -24,7 +24,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SERVERS = ("rust", "rust-logged", "go", "python")
@@ -237,6 +236,14 @@ def fmt(value, spec):
     return "n/a" if value is None else format(value, spec)
 
 
+def per_round_ratios(rounds, kinds, peer, key):
+    """{server: median over the rounds of its `key` / the `peer`'s}; empty without the peer."""
+    if peer not in kinds:
+        return {}
+    return {kind: median([r[kind][key] / r[peer][key] for r in rounds])
+            for kind in kinds if kind != peer}
+
+
 def report(title, rounds, kinds, judged):
     print(f"\n## {title}: medians of {len(rounds)} rounds\n")
     print("| server | calls/s | CPU µs/call | server CPU | p50 µs | p99 µs | RSS MiB |")
@@ -250,26 +257,18 @@ def report(title, rounds, kinds, judged):
               f"{fmt(row['cpu_us_per_call'], '.1f')} | {fmt(row['server_cpu'] * 100, '.0f')}% | "
               f"{fmt(row['p50_us'], '.0f')} | {fmt(row['p99_us'], '.0f')} | "
               f"{fmt(row['rss_kib'] / 1024, '.1f')} |")
-    ratios = {}
-    if "go" in kinds:
+    ratios = per_round_ratios(rounds, kinds, "go", "cpu_us_per_call")
+    if ratios:
         print("\nCPU per call against grpc-go, median of the per-round ratios:")
-        for kind in kinds:
-            if kind == "go":
-                continue
-            ratio = median([r[kind]["cpu_us_per_call"] / r["go"]["cpu_us_per_call"] for r in rounds])
-            ratios[kind] = ratio
+        for kind, ratio in ratios.items():
             goal = GOALS.get(kind) if judged else None
             verdict = "" if goal is None else (
                 f" (goal: at most {goal:.2f}: {'met' if ratio <= goal else 'MISSED'})")
             print(f"  {kind}: {ratio:.2f}{verdict}")
-    throughput = {}
-    if "python" in kinds:
+    throughput = per_round_ratios(rounds, kinds, "python", "calls_per_s")
+    if throughput:
         print("\nThroughput against the Python seed, median of the per-round ratios:")
-        for kind in kinds:
-            if kind == "python":
-                continue
-            ratio = median([r[kind]["calls_per_s"] / r["python"]["calls_per_s"] for r in rounds])
-            throughput[kind] = ratio
+        for kind, ratio in throughput.items():
             print(f"  {kind}: {ratio:.1f}x")
     return {"medians": table, "cpu_ratio_to_go": ratios, "throughput_ratio_to_python": throughput,
             "rounds": rounds}

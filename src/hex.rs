@@ -2,13 +2,9 @@
 
 /// `bytes` as lower-case hex, two digits a byte.
 pub fn encode(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut out = String::with_capacity(bytes.len() * 2);
-    for byte in bytes {
-        out.push(char::from(DIGITS[usize::from(byte >> 4)]));
-        out.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
-    }
-    out
+    let mut out = vec![0; 2 * bytes.len()];
+    encode_into(bytes, &mut out);
+    String::from_utf8(out).expect("hex digits are ASCII")
 }
 
 /// `bytes` as lower-case hex written into `out` (twice as long), without allocating: for IDs

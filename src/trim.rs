@@ -49,40 +49,19 @@ pub fn for_gateway(reply: &[u8], hook_type: i32) -> Result<Option<Bytes>, WireEr
     } else {
         REQUEST_READ_BACK
     };
-    let trimmed = wire::rewrite(reply, |record| {
-        Ok(match record.field {
-            field::REQUEST => keep_only(record.payload, request_kept)?,
-            field::SESSION | field::METADATA if hook == Some(HookType::CustomKeyCheck) => {
-                Edit::Keep
-            }
-            field::RESPONSE if hook == Some(HookType::Response) => {
-                drop_fields(record.payload, &[field::RESPONSE_BODY])?
-            }
-            _ => Edit::Drop,
-        })
+    let trimmed = wire::rewrite(reply, |record| match record.field {
+        field::REQUEST => {
+            wire::filter_nested(record.payload, |inner| request_kept.contains(&inner))
+        }
+        field::SESSION | field::METADATA if hook == Some(HookType::CustomKeyCheck) => {
+            Ok(Edit::Keep)
+        }
+        field::RESPONSE if hook == Some(HookType::Response) => {
+            wire::filter_nested(record.payload, |inner| inner != field::RESPONSE_BODY)
+        }
+        _ => Ok(Edit::Drop),
     })?;
     Ok(trimmed.map(BytesMut::freeze))
-}
-
-/// A nested message with only the fields in `kept`.
-fn keep_only(message: &[u8], kept: &[u32]) -> Result<Edit, WireError> {
-    edit_nested(message, |field| kept.contains(&field))
-}
-
-/// A nested message without the fields in `dropped`.
-fn drop_fields(message: &[u8], dropped: &[u32]) -> Result<Edit, WireError> {
-    edit_nested(message, |field| !dropped.contains(&field))
-}
-
-fn edit_nested(message: &[u8], keep: impl Fn(u32) -> bool) -> Result<Edit, WireError> {
-    let edited = wire::rewrite_at(message, 2, |inner| {
-        Ok(if keep(inner.field) {
-            Edit::Keep
-        } else {
-            Edit::Drop
-        })
-    })?;
-    Ok(edited.map_or(Edit::Keep, |bytes| Edit::Replace(bytes.to_vec())))
 }
 
 #[cfg(test)]

@@ -593,22 +593,28 @@ pub fn rewrite_at(
 /// # Errors
 /// Malformed framing.
 pub fn drop_body_strings(object: &[u8]) -> Result<Option<Bytes>, WireError> {
-    let edited = rewrite(object, |record| {
-        let inner_body = match record.field {
-            field::REQUEST => field::REQUEST_BODY,
-            field::RESPONSE => field::RESPONSE_BODY,
-            _ => return Ok(Edit::Keep),
-        };
-        let without = rewrite_at(record.payload, 2, |inner| {
-            Ok(if inner.field == inner_body {
-                Edit::Drop
-            } else {
-                Edit::Keep
-            })
-        })?;
-        Ok(without.map_or(Edit::Keep, |bytes| Edit::Replace(bytes.to_vec())))
+    let edited = rewrite(object, |record| match record.field {
+        field::REQUEST => filter_nested(record.payload, |inner| inner != field::REQUEST_BODY),
+        field::RESPONSE => filter_nested(record.payload, |inner| inner != field::RESPONSE_BODY),
+        _ => Ok(Edit::Keep),
     })?;
     Ok(edited.map(BytesMut::freeze))
+}
+
+/// The edit of a record holding a sub-message of the Object (`message`, at level 2) that keeps
+/// only the sub-message's fields `keep` accepts: [`Edit::Keep`] when it accepts them all.
+///
+/// # Errors
+/// Malformed framing.
+pub fn filter_nested(message: &[u8], keep: impl Fn(u32) -> bool) -> Result<Edit, WireError> {
+    let edited = rewrite_at(message, 2, |inner| {
+        Ok(if keep(inner.field) {
+            Edit::Keep
+        } else {
+            Edit::Drop
+        })
+    })?;
+    Ok(edited.map_or(Edit::Keep, |bytes| Edit::Replace(bytes.to_vec())))
 }
 
 #[cfg(test)]

@@ -49,11 +49,7 @@ fn stamp(secs: u64, micros: u32, out: &mut [u8; STAMP_LEN]) -> &str {
         }
     };
     out[..SECOND_LEN].copy_from_slice(&second);
-    let mut rest = micros;
-    for digit in out[SECOND_LEN..STAMP_LEN - 1].iter_mut().rev() {
-        *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-        rest /= 10;
-    }
+    put_digits(&mut out[SECOND_LEN..STAMP_LEN - 1], u64::from(micros));
     out[STAMP_LEN - 1] = b'Z';
     std::str::from_utf8(out).unwrap_or("")
 }
@@ -63,19 +59,12 @@ fn format_second(secs: u64) -> [u8; SECOND_LEN] {
     let (days, in_day) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_date(days);
     let mut text = [0; SECOND_LEN];
-    let mut put = |at: usize, value: u64, width: usize| {
-        let mut rest = value;
-        for digit in text[at..at + width].iter_mut().rev() {
-            *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
-            rest /= 10;
-        }
-    };
-    put(0, year, 4);
-    put(5, month, 2);
-    put(8, day, 2);
-    put(11, in_day / 3600, 2);
-    put(14, in_day / 60 % 60, 2);
-    put(17, in_day % 60, 2);
+    put_digits(&mut text[0..4], year);
+    put_digits(&mut text[5..7], month);
+    put_digits(&mut text[8..10], day);
+    put_digits(&mut text[11..13], in_day / 3600);
+    put_digits(&mut text[14..16], in_day / 60 % 60);
+    put_digits(&mut text[17..19], in_day % 60);
     for (at, separator) in [
         (4, b'-'),
         (7, b'-'),
@@ -87,6 +76,15 @@ fn format_second(secs: u64) -> [u8; SECOND_LEN] {
         text[at] = separator;
     }
     text
+}
+
+/// `value`'s last decimal digits, zero-padded, filling `out`.
+fn put_digits(out: &mut [u8], value: u64) {
+    let mut rest = value;
+    for digit in out.iter_mut().rev() {
+        *digit = b'0' + u8::try_from(rest % 10).unwrap_or(0);
+        rest /= 10;
+    }
 }
 
 /// Year, month and day of a day counted from 1970-01-01 (the proleptic Gregorian calendar,
