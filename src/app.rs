@@ -119,6 +119,15 @@ fn prepare(config: &Config, registry: &StepRegistry) -> Prepared {
     }
 }
 
+/// The metrics as `config` sets them up.
+fn metrics(config: &Config) -> Metrics {
+    Metrics::new(MetricsSettings {
+        duration_buckets: config.metrics_duration_buckets.clone(),
+        label_cap: config.metrics_label_cap,
+        api_label: config.metrics_api_label,
+    })
+}
+
 /// A server with every listener bound, ready to run.
 #[derive(Debug)]
 pub struct App {
@@ -175,6 +184,26 @@ impl AppBuilder {
         }
     }
 
+    /// The hooks of the config, built with this builder's steps, for offline runs (`test`,
+    /// `eval`): the config is checked as [`AppBuilder::check`] does, so a case runs only on a
+    /// config the server would start with; nothing is bound and no trace is exported.
+    ///
+    /// # Errors
+    /// Every problem found, keyed by setting.
+    pub(crate) fn offline_hooks(self) -> Result<Hooks, Problems> {
+        let Prepared {
+            problems, hooks, ..
+        } = prepare(&self.config, &self.registry);
+        match hooks {
+            Some(table) if problems.is_empty() => Ok(Hooks::new(
+                table,
+                Arc::new(self.registry),
+                metrics(&self.config),
+            )),
+            _ => Err(Problems(problems)),
+        }
+    }
+
     /// Validates the config, builds the hooks, loads TLS files and binds every listener (the
     /// admin port first); if one cannot be bound, those bound before it are closed again.
     ///
@@ -203,11 +232,7 @@ impl AppBuilder {
             (Some(table), Some(settled)) if problems.is_empty() => (table, settled),
             _ => return Err(Problems(problems).into()),
         };
-        let metrics = Metrics::new(MetricsSettings {
-            duration_buckets: config.metrics_duration_buckets.clone(),
-            label_cap: config.metrics_label_cap,
-            api_label: config.metrics_api_label,
-        });
+        let metrics = metrics(&config);
         let hooks = Hooks::new(hooks, Arc::new(registry), metrics.clone());
         let traces = Traces::from_config(&config, trace_sampler, &metrics)
             .map_err(|err| Problems(vec![err.problem()]))?;

@@ -1,9 +1,13 @@
-//! Command-line interface: `tyk-dispatcher [serve]` and `tyk-dispatcher check-config`, as a
-//! function a custom server's `main` can call with its own steps registered.
+//! Command-line interface: `tyk-dispatcher [serve]`, `check-config`, and the offline `test` and
+//! `eval` of hook pipelines, as a function a custom server's `main` can call with its own steps
+//! registered (so its cases run with them too).
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{
+    Args, Parser, Subcommand,
+    builder::{PossibleValuesParser, TypedValueParser},
+};
 
 use tokio_util::sync::CancellationToken;
 
@@ -11,7 +15,7 @@ use crate::{
     App, AppBuilder,
     app::AppError,
     config::{self, CliOverrides, Loaded, Problems, Sources},
-    lifecycle, malloc_tuning, telemetry,
+    lifecycle, malloc_tuning, offline, pb, telemetry,
 };
 
 /// A gRPC plugin server for Tyk Gateway.
@@ -30,12 +34,53 @@ pub struct Cli {
 }
 
 /// Subcommands.
-#[derive(Debug, Clone, Copy, Subcommand)]
+#[derive(Debug, Clone, Subcommand)]
 pub enum Command {
     /// Run the server (the default).
     Serve,
     /// Print the effective configuration and exit 0, or list every problem and exit non-zero.
     CheckConfig,
+    /// Run test cases through the configured hooks, offline, and compare what they answer.
+    ///
+    /// Exits 0 when every case passes, 1 when any fails, 2 when a case file is unreadable or
+    /// invalid, 78 for configuration problems.
+    Test(TestArgs),
+    /// Print, as JSON, what the configured hooks answer to one case or Object, offline.
+    ///
+    /// Exits 0 with the answer, 1 when the call could not run, 2 for unreadable or invalid
+    /// input, 78 for configuration problems.
+    Eval(EvalArgs),
+}
+
+/// The cases `test` runs.
+#[derive(Debug, Clone, Args)]
+pub struct TestArgs {
+    /// Case files (YAML or JSON), or directories searched for *.yaml, *.yml and *.json.
+    #[arg(required = true, value_name = "CASES")]
+    pub cases: Vec<PathBuf>,
+}
+
+/// What `eval` runs.
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// A case file, or an Object in protobuf JSON (as `log_objects` writes it); `-` for stdin.
+    #[arg(value_name = "INPUT")]
+    pub input: PathBuf,
+    /// The hook type, over what the input says.
+    #[arg(long, help_heading = "Overrides", value_name = "TYPE", value_parser = hook_type_parser())]
+    pub hook_type: Option<pb::HookType>,
+    /// The hook name, over what the input says.
+    #[arg(long, help_heading = "Overrides", value_name = "NAME")]
+    pub hook_name: Option<String>,
+    /// The API ID (`spec["APIID"]`), over what the input says.
+    #[arg(long, help_heading = "Overrides", value_name = "ID")]
+    pub api_id: Option<String>,
+}
+
+/// The hook types a call can have, by their protocol names.
+fn hook_type_parser() -> impl TypedValueParser<Value = pb::HookType> {
+    PossibleValuesParser::new(["Pre", "Post", "PostKeyAuth", "CustomKeyCheck", "Response"])
+        .try_map(|name| pb::HookType::from_str_name(&name).ok_or("not a hook type"))
 }
 
 /// Why [`main`] stopped early.
@@ -56,7 +101,8 @@ enum RunError {
 /// exit. `customize` registers custom steps on the builder (the plain binary passes it as is).
 ///
 /// Exit codes: 0 after a clean stop, [`config::EXIT_CONFIG`] (78) for any configuration
-/// problem, [`config::EXIT_BIND`] (71) when a listener cannot be bound, 1 otherwise.
+/// problem, [`config::EXIT_BIND`] (71) when a listener cannot be bound, 1 otherwise; `test` and
+/// `eval` exit as their help says.
 pub fn main(customize: impl FnOnce(AppBuilder) -> AppBuilder) -> ExitCode {
     let cli = Cli::parse();
     let sources = Sources::from_process(cli.config.clone(), cli.overrides.clone());
@@ -70,8 +116,19 @@ pub fn main(customize: impl FnOnce(AppBuilder) -> AppBuilder) -> ExitCode {
         }
     };
     let builder = customize(App::builder(loaded.config.clone()));
-    if matches!(cli.command, Some(Command::CheckConfig)) {
-        return check_config(&loaded, &builder);
+    match cli.command {
+        Some(Command::CheckConfig) => return check_config(&loaded, &builder),
+        // Offline runs write no logs: their output is the results, and `eval`'s is JSON.
+        Some(Command::Test(args)) => return offline::test(builder, &args.cases),
+        Some(Command::Eval(args)) => {
+            let overrides = offline::EvalOverrides {
+                hook_type: args.hook_type,
+                hook_name: args.hook_name,
+                api_id: args.api_id,
+            };
+            return offline::eval(builder, &args.input, &overrides);
+        }
+        Some(Command::Serve) | None => {}
     }
     if let Some(problem) = log_filter {
         return config_errors(Problems(vec![problem]));

@@ -3,8 +3,9 @@
 //! Most users run the binary. This library is for those who embed the server or add their own
 //! plugin steps in Rust; its API is:
 //!
-//! - [`cli::main`]: the whole command line (flags, `check-config`, logs, signals), with a hook to
-//!   register custom steps on the [`AppBuilder`];
+//! - [`cli::main`]: the whole command line (flags, `check-config`, the offline `test` and `eval`
+//!   of hook pipelines, logs, signals), with a hook to register custom steps on the
+//!   [`AppBuilder`];
 //! - [`App`] / [`AppBuilder`]: [`AppBuilder::build`] validates and binds every listener;
 //!   [`App::run_until_stopped`] serves and drains;
 //! - [`config`]: the configuration tree and its sources (file, environment, flags, the gateway's
@@ -51,6 +52,7 @@ pub(crate) mod listener;
 pub(crate) mod malloc_tuning;
 pub(crate) mod metrics;
 pub(crate) mod object_log;
+pub(crate) mod offline;
 pub(crate) mod reload;
 pub(crate) mod response;
 pub(crate) mod server;

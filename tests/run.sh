@@ -17,6 +17,11 @@ fi
 export GRPCURL="$PWD/$tools/bin/grpcurl"
 "$GRPCURL" -version >/dev/null
 
+# The Open Policy Agent server, built from its Go module at a pinned version (tests/tools/opa.sh),
+# for the integration tests and the e2e suite that run a real policy engine.
+OPA_BIN=$(TOOLS_DIR="$PWD/$tools" tests/tools/opa.sh)
+export OPA_BIN
+
 # python3-seccomp (Debian) makes a kernel without IPv6 for one test.
 if ! /usr/bin/python3 -c 'import seccomp' 2>/dev/null; then
   if [ "$(id -u)" = 0 ]; then

@@ -10,6 +10,7 @@
 //! deadline_ms = 250
 //! on_error = "fail_closed"          # or "fail_open"
 //! dry_run = false
+//! cel_cost_limit = 100000           # largest estimated cost of one CEL evaluation
 //!
 //! [[hooks.steps]]
 //! kind = "set_headers"
@@ -101,9 +102,18 @@ pub struct HookConfig {
     /// Run and report, but send the original Object back.
     #[serde(default)]
     pub dry_run: bool,
+    /// Largest estimated cost of one CEL evaluation in this hook's steps.
+    #[serde(default = "default_cel_cost_limit")]
+    pub cel_cost_limit: u64,
 }
 
-/// One step: its kind and the kind's own settings.
+fn default_cel_cost_limit() -> u64 {
+    super::cel::DEFAULT_COST_LIMIT
+}
+
+/// One step: its kind and the kind's own settings. Every step also takes `when`: a CEL
+/// expression (`when = "request.method == 'POST'"`) or the structured conditions of
+/// [`Conditions`](super::when::Conditions); the step runs only when it holds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepConfig {
     /// The step kind (`set_headers`, `api_key_auth`, or a custom step's name).

@@ -10,15 +10,20 @@
 //! - `parts`: which parts of the Object a hook decodes.
 //! - `table`: the hooks in force, reload, `config_data` cache.
 //! - `route`: one call through the hooks: route, size, run, answer.
+//! - [`cel`]: CEL expressions (conditions, computed values, `authorize`).
+//! - [`when`]: a step's condition.
 
+pub mod cel;
 pub mod config;
 mod edit;
 mod parts;
 mod pipeline;
+pub mod recorded;
 mod route;
 pub mod step;
 pub mod steps;
 mod table;
+pub mod when;
 
 pub use config::{HookConfig, HookTypeName, OnError, StepConfig, UnknownHooks};
 pub use parts::ObjectParts;

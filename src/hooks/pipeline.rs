@@ -14,12 +14,14 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 
 use super::{
-    config::{HookConfig, OnError},
+    cel::Scope,
+    config::{HookConfig, OnError, StepConfig},
     edit,
     parts::ObjectParts,
     route::Answer,
-    step::{Step, StepContext, StepError, StepOutcome},
+    step::{BuildError, Step, StepContext, StepError, StepOutcome},
     steps::StepRegistry,
+    when::When,
 };
 use crate::{
     call::Outcome,
@@ -76,11 +78,12 @@ pub struct Pipeline {
     counters: OnceLock<PipelineCounters>,
 }
 
-/// A built step and the name of its kind (its metrics label and span name).
+/// A built step, the name of its kind (its metrics label and span name) and its condition.
 #[derive(Debug)]
 struct KindedStep {
     kind: Arc<str>,
     step: Arc<dyn Step>,
+    when: Option<When>,
 }
 
 /// Metric handles of one pipeline, made on its first run.
@@ -98,14 +101,19 @@ impl Pipeline {
     /// `deadline_ms`); [`HookTable::build`](super::HookTable::build) puts `hooks[i].` before.
     pub fn build(config: &HookConfig, registry: &StepRegistry) -> Result<Self, Vec<Problem>> {
         let hook_type = HookType::from(config.hook_type);
-        let mut steps = Vec::new();
+        let mut steps: Vec<KindedStep> = Vec::new();
         let mut problems = Vec::new();
+        if config.cel_cost_limit == 0 {
+            problems.push(Problem::new("cel_cost_limit", "must be above 0"));
+        }
         for (i, step) in config.steps.iter().enumerate() {
-            match registry.build(step, hook_type) {
-                Ok(built) => steps.push(KindedStep {
-                    kind: Arc::from(step.kind.as_str()),
-                    step: built,
-                }),
+            let scope = Scope {
+                hook_type,
+                after_auth: steps.iter().any(|s| s.step.authenticates()),
+                cost_limit: config.cel_cost_limit,
+            };
+            match build_step(step, scope, registry) {
+                Ok(built) => steps.push(built),
                 Err(err) => {
                     let key = match &err.setting {
                         Some(setting) => format!("steps[{i}].{setting}"),
@@ -125,9 +133,10 @@ impl Pipeline {
             HookType::Response => ObjectParts::RESPONSE,
             _ => ObjectParts::RETURN_OVERRIDES,
         };
-        let parts = steps
-            .iter()
-            .fold(fail_closed_parts, |parts, s| parts.union(s.step.parts()));
+        let parts = steps.iter().fold(fail_closed_parts, |parts, s| {
+            let when = s.when.as_ref().map_or(ObjectParts::NONE, When::parts);
+            parts.union(s.step.parts()).union(when)
+        });
         Ok(Self {
             name: Arc::from(config.name.as_str()),
             hook_type,
@@ -183,11 +192,32 @@ impl Pipeline {
         span: &CallSpan,
     ) -> Result<Outcome, StepFailure> {
         let mut outcome = Outcome::Unchanged;
-        for (KindedStep { kind, step }, counters) in self.steps.iter().zip(&counters.steps) {
+        for (KindedStep { kind, step, when }, counters) in self.steps.iter().zip(&counters.steps) {
             let step_span = span.child(kind);
+            match when.as_ref().map(|w| w.holds(object, cx)) {
+                Some(Ok(false)) => {
+                    counters.ran(StepRun::Skipped);
+                    step_span.end_step(StepRun::Skipped.as_str());
+                    continue;
+                }
+                Some(Err(err)) => {
+                    counters.ran(StepRun::Failed);
+                    step_span.end_step(StepRun::Failed.as_str());
+                    return Err(StepFailure {
+                        reason: Failure::StepError,
+                        message: with_causes(&err),
+                    });
+                }
+                Some(Ok(true)) | None => {}
+            }
             #[cfg(debug_assertions)]
             let unchanged = (!step.parts().is_all()).then(|| object.clone());
-            match run_step(step.as_ref(), object, cx, &step_span).await {
+            let started = counters.timed().then(std::time::Instant::now);
+            let ran = run_step(step.as_ref(), object, cx, &step_span).await;
+            if let Some(started) = started {
+                counters.took(started.elapsed());
+            }
+            match ran {
                 Ok(step_outcome) => {
                     #[cfg(debug_assertions)]
                     if let Some(before) = &unchanged {
@@ -272,7 +302,14 @@ impl Pipeline {
             steps: self
                 .steps
                 .iter()
-                .map(|s| metrics.step_counters(&self.name, &s.kind, s.step.authenticates()))
+                .map(|s| {
+                    metrics.step_counters(
+                        &self.name,
+                        &s.kind,
+                        s.step.authenticates(),
+                        s.step.calls_out(),
+                    )
+                })
                 .collect(),
             failures: metrics.hook_failure_counters(&self.name),
         })
@@ -335,6 +372,30 @@ pub(super) fn fail_closed_answer(
     let mut answer = answer_with(original, before, failed, Outcome::Failed, hook_type);
     answer.outcome = Outcome::Failed;
     answer
+}
+
+/// Builds one configured step in `scope`: its kind's step, and its `when`.
+fn build_step(
+    config: &StepConfig,
+    scope: Scope,
+    registry: &StepRegistry,
+) -> Result<KindedStep, BuildError> {
+    let when = When::build(config.settings.get("when"), scope).map_err(|mut err| {
+        err.message = format!("step {:?}: {}", config.kind, err.message);
+        err
+    })?;
+    let step = if when.is_some() {
+        let mut without = config.clone();
+        without.settings.remove("when");
+        registry.build_in(&without, scope)?
+    } else {
+        registry.build_in(config, scope)?
+    };
+    Ok(KindedStep {
+        kind: Arc::from(config.kind.as_str()),
+        step,
+        when,
+    })
 }
 
 /// Why a pipeline stopped short: the reason label and what happened.

@@ -10,6 +10,7 @@ use prost::Message;
 use super::{
     UnknownHooks,
     pipeline::{Pipeline, fail_closed_answer},
+    recorded::Recorded,
     step::StepContext,
     table::{HookTable, Hooks},
 };
@@ -148,6 +149,18 @@ impl Routed<'_> {
     /// # Errors
     /// [`CallError::Malformed`] when a nested field cannot be decoded.
     pub async fn run(self, span: &CallSpan) -> Result<Answer, CallError> {
+        self.run_with(span, None).await
+    }
+
+    /// Runs the route with `recorded` answers for the network-backed steps (offline runs).
+    ///
+    /// # Errors
+    /// [`CallError::Malformed`] when a nested field cannot be decoded.
+    pub async fn run_with(
+        self,
+        span: &CallSpan,
+        recorded: Option<Arc<Recorded>>,
+    ) -> Result<Answer, CallError> {
         let malformed = |err| CallError::malformed(self.request.len(), err);
         match self.route {
             Route::Pass => Ok(Answer::unchanged(self.request, Outcome::Unchanged)),
@@ -166,6 +179,8 @@ impl Routed<'_> {
                         .summary
                         .config_data
                         .and_then(|raw| self.hooks.config_data(raw)),
+                    trace: Some(span.context().clone()),
+                    recorded,
                 };
                 Ok(pipeline
                     .run(self.request, object, &cx, self.hooks.metrics(), span)

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::parts::ObjectParts;
+use super::{parts::ObjectParts, recorded::Recorded};
 use crate::pb::{self, HookType};
 
 /// What a step did.
@@ -137,6 +137,11 @@ pub struct StepContext {
     pub org_id: String,
     /// The API's `config_data`, parsed once per distinct value (shared across calls).
     pub config_data: Option<Arc<serde_json::Value>>,
+    /// The call's trace context (the gateway's trace when it sent one), for calls a step makes.
+    pub trace: Option<opentelemetry::trace::SpanContext>,
+    /// In offline runs (`tyk-dispatcher test`, `eval`): the answers network-backed steps take
+    /// instead of calling out. `None` when serving.
+    pub recorded: Option<Arc<Recorded>>,
 }
 
 impl StepContext {
@@ -152,6 +157,12 @@ pub trait Step: Send + Sync + std::fmt::Debug + 'static {
     /// Whether the step makes authentication decisions ([`StepOutcome::Allowed`] /
     /// [`StepOutcome::Denied`]); such steps get decision metrics.
     fn authenticates(&self) -> bool {
+        false
+    }
+
+    /// Whether the step calls a service (an OPA server, an HTTP decision service): such steps
+    /// are timed (`step_duration_seconds`).
+    fn calls_out(&self) -> bool {
         false
     }
 

@@ -304,6 +304,7 @@ mod tests {
             deadline_ms: 100,
             on_error: Default::default(),
             dry_run: false,
+            cel_cost_limit: crate::hooks::cel::DEFAULT_COST_LIMIT,
         }
     }
 

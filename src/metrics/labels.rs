@@ -99,6 +99,8 @@ label_values! {
         Responded => "responded",
         /// Failed: the hook's `on_error` policy answered.
         Failed => "failed",
+        /// Not run: its `when` did not hold.
+        Skipped => "skipped",
     }
 
     /// An authenticating step's decision; the `decision` label of `auth_decisions`.

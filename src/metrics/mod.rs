@@ -147,6 +147,12 @@ struct StepLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepNameLabels {
+    hook_name: String,
+    step: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct AuthLabels {
     hook_name: String,
     step: String,
@@ -172,12 +178,26 @@ pub struct StepCounters {
     /// Authentication decisions, indexed by [`AuthDecision::index`], for steps that
     /// authenticate.
     auth: Option<[Counter; AuthDecision::ALL.len()]>,
+    /// How long runs took, for steps that call out.
+    duration: Option<Histogram>,
 }
 
 impl StepCounters {
     /// Counts a run that ended `run`.
     pub fn ran(&self, run: StepRun) {
         self.runs[run.index()].inc();
+    }
+
+    /// Whether the step's runs are timed.
+    pub fn timed(&self) -> bool {
+        self.duration.is_some()
+    }
+
+    /// Records how long a run took (ignored for a step that is not timed).
+    pub fn took(&self, elapsed: std::time::Duration) {
+        if let Some(duration) = &self.duration {
+            duration.observe(elapsed.as_secs_f64());
+        }
     }
 
     /// Counts an authentication decision (ignored for a step that does not authenticate).
@@ -209,6 +229,12 @@ struct DurationHistogram(Arc<[f64]>);
 impl MetricConstructor<HistogramWithExemplars<TraceLabel>> for DurationHistogram {
     fn new_metric(&self) -> HistogramWithExemplars<TraceLabel> {
         HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+impl MetricConstructor<Histogram> for DurationHistogram {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
     }
 }
 
@@ -391,6 +417,7 @@ impl ConnectionMetrics {
 #[derive(Debug, Clone)]
 pub struct HookMetrics {
     step_runs: Family<StepLabels, Counter>,
+    step_duration: Family<StepNameLabels, Histogram, DurationHistogram>,
     auth_decisions: Family<AuthLabels, Counter>,
     failures: Family<FailureLabels, Counter>,
     /// Calls whose hook no pipeline matched.
@@ -399,13 +426,20 @@ pub struct HookMetrics {
 }
 
 impl HookMetrics {
-    fn register(registry: &mut Registry) -> Self {
+    fn register(registry: &mut Registry, settings: &MetricsSettings) -> Self {
+        let buckets: Arc<[f64]> = settings.duration_buckets.clone().into();
         let metrics = Self {
             step_runs: registered(
                 registry,
                 "step_runs",
                 "Plugin step runs by hook, step and outcome",
                 Family::default(),
+            ),
+            step_duration: registered(
+                registry,
+                "step_duration_seconds",
+                "Time taken by steps that call out (OPA, HTTP decisions), by hook and step",
+                Family::new_with_constructor(DurationHistogram(buckets)),
             ),
             auth_decisions: registered(
                 registry,
@@ -530,7 +564,7 @@ impl Metrics {
         let refusals = RefusalMetrics::register(registry);
         let connections = ConnectionMetrics::register(registry);
         let spans = SpanMetrics::register(registry);
-        let hooks = HookMetrics::register(registry);
+        let hooks = HookMetrics::register(registry, &settings);
         registry.register(
             "build",
             "Build information",
@@ -706,9 +740,24 @@ impl Metrics {
 
     /// The counters of one step of one hook.
     /// `authenticates`: whether the step makes authentication decisions (only those get
-    /// decision series).
-    pub fn step_counters(&self, hook_name: &str, step: &str, authenticates: bool) -> StepCounters {
+    /// decision series); `calls_out`: whether it calls a service (only those are timed).
+    pub fn step_counters(
+        &self,
+        hook_name: &str,
+        step: &str,
+        authenticates: bool,
+        calls_out: bool,
+    ) -> StepCounters {
         StepCounters {
+            duration: calls_out.then(|| {
+                self.hooks
+                    .step_duration
+                    .get_or_create(&StepNameLabels {
+                        hook_name: hook_name.to_string(),
+                        step: step.to_string(),
+                    })
+                    .clone()
+            }),
             runs: std::array::from_fn(|i| {
                 self.hooks
                     .step_runs

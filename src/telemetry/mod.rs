@@ -11,5 +11,5 @@ mod traces;
 
 pub use logs::{init, log_filter};
 pub use otlp::AttrValue;
-pub use step_spans::{StepSpans, in_step};
+pub use step_spans::{StepSpans, current_step_span, in_step};
 pub use traces::{CallSpan, Traces};

@@ -82,6 +82,15 @@ pub fn in_step<F: Future>(
     }
 }
 
+/// The span ID of the recorded step whose future this thread is polling, if any: the parent a
+/// call the step makes names in its trace context.
+pub fn current_step_span() -> Option<SpanId> {
+    CURRENT
+        .try_with(|current| current.borrow().as_ref().map(|scope| scope.span_id))
+        .ok()
+        .flatten()
+}
+
 /// The step's scope in [`CURRENT`] for one poll; put back (and the previous one restored) when
 /// the poll returns or unwinds.
 struct Entered<'a> {

@@ -470,6 +470,11 @@ impl CallSpan {
         self.context.trace_id()
     }
 
+    /// The span's context (for the trace context of calls made on its behalf).
+    pub fn context(&self) -> &SpanContext {
+        &self.context
+    }
+
     /// The call's span ID (for logs).
     pub fn span_id(&self) -> SpanId {
         self.context.span_id()

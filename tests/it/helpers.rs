@@ -149,6 +149,27 @@ pub async fn call_raw(
     Ok(reply.into_inner().into_bytes())
 }
 
+/// Calls `path` with raw protobuf bytes and gRPC `metadata` (a trace context, say); the raw
+/// reply.
+pub async fn call_with_metadata(
+    app: &TestApp,
+    path: &'static str,
+    body: Vec<u8>,
+    metadata: &[(&'static str, &str)],
+) -> Bytes {
+    let mut grpc = tonic::client::Grpc::new(app.channel().await);
+    grpc.ready().await.unwrap();
+    let mut request = tonic::Request::new(RawMessage::new(body));
+    for (key, value) in metadata {
+        request.metadata_mut().insert(*key, value.parse().unwrap());
+    }
+    grpc.unary(request, PathAndQuery::from_static(path), RawCodec)
+        .await
+        .expect("answered")
+        .into_inner()
+        .into_bytes()
+}
+
 /// Whether a failed call provably never reached the server: refused by a GOAWAY, or canceled
 /// by the client before it was sent. gRPC-Go (Tyk's client) retries exactly these
 /// transparently; tonic's client reports them, so load tests retry them the same way.
@@ -638,4 +659,30 @@ pub fn config_with(f: impl FnOnce(&mut Config)) -> Config {
     config.drain_delay_secs = 1;
     f(&mut config);
     config
+}
+
+/// A step of `kind` with `settings` (a JSON object).
+pub fn step(kind: &str, settings: serde_json::Value) -> tyk_dispatcher::hooks::StepConfig {
+    tyk_dispatcher::hooks::StepConfig {
+        kind: kind.into(),
+        settings: settings.as_object().cloned().unwrap_or_default(),
+    }
+}
+
+/// A hook of `steps`, failing closed within 500 ms.
+pub fn hook(
+    name: &str,
+    hook_type: tyk_dispatcher::hooks::HookTypeName,
+    steps: Vec<tyk_dispatcher::hooks::StepConfig>,
+) -> tyk_dispatcher::hooks::HookConfig {
+    tyk_dispatcher::hooks::HookConfig {
+        name: name.into(),
+        hook_type,
+        api_ids: Vec::new(),
+        steps,
+        deadline_ms: 500,
+        on_error: tyk_dispatcher::hooks::OnError::FailClosed,
+        dry_run: false,
+        cel_cost_limit: tyk_dispatcher::hooks::cel::DEFAULT_COST_LIMIT,
+    }
 }

@@ -7,32 +7,12 @@ use prost::Message;
 use tyk_dispatcher::{
     App, Config,
     hooks::{
-        HookConfig, HookTypeName, OnError, Step, StepConfig, StepContext, StepError, StepKind,
-        StepOutcome, UnknownHooks,
+        HookTypeName, OnError, Step, StepContext, StepError, StepKind, StepOutcome, UnknownHooks,
     },
     pb,
 };
 
 use crate::helpers::*;
-
-fn step(kind: &str, settings: serde_json::Value) -> StepConfig {
-    StepConfig {
-        kind: kind.into(),
-        settings: settings.as_object().cloned().unwrap_or_default(),
-    }
-}
-
-fn hook(name: &str, hook_type: HookTypeName, steps: Vec<StepConfig>) -> HookConfig {
-    HookConfig {
-        name: name.into(),
-        hook_type,
-        api_ids: Vec::new(),
-        steps,
-        deadline_ms: 500,
-        on_error: OnError::FailClosed,
-        dry_run: false,
-    }
-}
 
 fn object(hook_type: pb::HookType, name: &str) -> pb::Object {
     let mut object = seed_object();

@@ -224,6 +224,7 @@ fn deep_hook() -> tyk_dispatcher::hooks::HookConfig {
         deadline_ms: 500,
         on_error: tyk_dispatcher::hooks::OnError::FailClosed,
         dry_run: false,
+        cel_cost_limit: tyk_dispatcher::hooks::cel::DEFAULT_COST_LIMIT,
     }
 }
 

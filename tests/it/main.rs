@@ -15,6 +15,8 @@ mod hygiene;
 mod lifecycle;
 mod limits;
 mod memory;
+mod offline;
+mod policy;
 mod tls;
 mod traces;
 mod unix;

@@ -113,27 +113,6 @@ fn text(attributes: &[KeyValue], key: &str) -> String {
     }
 }
 
-async fn call_with_metadata(
-    app: &TestApp,
-    path: &'static str,
-    body: Vec<u8>,
-    metadata: &[(&'static str, &str)],
-) {
-    let mut grpc = tonic::client::Grpc::new(app.channel().await);
-    grpc.ready().await.unwrap();
-    let mut request = Request::new(tyk_dispatcher::codec::RawMessage::new(body));
-    for (key, value) in metadata {
-        request.metadata_mut().insert(*key, value.parse().unwrap());
-    }
-    grpc.unary(
-        request,
-        http::uri::PathAndQuery::from_static(path),
-        tyk_dispatcher::codec::RawCodec,
-    )
-    .await
-    .expect("answered");
-}
-
 #[tokio::test]
 async fn dispatch_spans_carry_the_attributes_and_join_the_callers_trace() {
     let (receiver, endpoint, stop) = Receiver::start().await;
@@ -400,6 +379,7 @@ async fn spawn_traced(configure: impl FnOnce(&mut Config)) -> TestApp {
             deadline_ms: 1000,
             on_error: OnError::FailClosed,
             dry_run: false,
+            cel_cost_limit: tyk_dispatcher::hooks::cel::DEFAULT_COST_LIMIT,
         }];
         configure(c);
     });

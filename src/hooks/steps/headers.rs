@@ -22,6 +22,7 @@ use serde::Deserialize;
 use super::{delete_entries, response_of, set_entries, settings};
 use crate::{
     hooks::{
+        cel::{self, ComputedMap, Scope, TemplateSetting},
         config::StepConfig,
         parts::ObjectParts,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
@@ -29,9 +30,35 @@ use crate::{
     pb,
 };
 
+/// Whether `name` is already in Go's canonical form (what the gateway sends): checked without
+/// allocating, so the common case costs no copy.
+pub fn is_canonical_header_name(name: &str) -> bool {
+    let valid = !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !valid {
+        // Left as it is by canonical_header_name.
+        return true;
+    }
+    let mut upper = true;
+    name.bytes().all(|b| {
+        let ok = if upper {
+            !b.is_ascii_lowercase()
+        } else {
+            !b.is_ascii_uppercase()
+        };
+        upper = b == b'-';
+        ok
+    })
+}
+
 /// Go's canonical form of a header name (`content-type` → `Content-Type`), as the gateway uses.
 /// Names with characters outside a token are left as they are, as Go does.
 pub fn canonical_header_name(name: &str) -> String {
+    if is_canonical_header_name(name) {
+        return name.to_string();
+    }
     let valid = !name.is_empty()
         && name
             .bytes()
@@ -67,16 +94,6 @@ pub fn request_header<'a>(request: &'a pb::MiniRequestObject, name: &str) -> Opt
         })
 }
 
-fn canonical_map(map: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, BuildError> {
-    if map.is_empty() {
-        return Err("needs at least one header".into());
-    }
-    Ok(map
-        .into_iter()
-        .map(|(k, v)| (canonical_header_name(&k), v))
-        .collect())
-}
-
 fn canonical_names(names: Vec<String>) -> Result<Vec<String>, BuildError> {
     if names.is_empty() {
         return Err("needs at least one name".into());
@@ -86,27 +103,30 @@ fn canonical_names(names: Vec<String>) -> Result<Vec<String>, BuildError> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct HeaderValues {
-    headers: BTreeMap<String, String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct HeaderNames {
     names: Vec<String>,
 }
 
-/// `set_headers`: `headers = { Name = "value" }`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ComputedHeaderValues {
+    headers: BTreeMap<String, TemplateSetting>,
+}
+
+/// `set_headers`: `headers = { Name = "value", X-Tier = { cel = "session.metadata.tier" } }`.
 #[derive(Debug)]
 pub struct SetHeaders {
-    headers: BTreeMap<String, String>,
+    headers: ComputedMap,
 }
 
 impl SetHeaders {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
-        let HeaderValues { headers } = settings(config)?;
+    pub(super) fn build(config: &StepConfig, scope: Scope) -> Result<Self, BuildError> {
+        let ComputedHeaderValues { headers } = settings(config)?;
+        if headers.is_empty() {
+            return Err("needs at least one header".into());
+        }
         Ok(Self {
-            headers: canonical_map(headers)?,
+            headers: ComputedMap::build(headers, scope, "headers", canonical_header_name)?,
         })
     }
 }
@@ -114,19 +134,23 @@ impl SetHeaders {
 #[async_trait::async_trait]
 impl Step for SetHeaders {
     fn parts(&self) -> ObjectParts {
-        ObjectParts::REQUEST_HEADER_EDITS
+        ObjectParts::REQUEST_HEADER_EDITS.union(self.headers.variables().parts())
     }
 
     async fn run(
         &self,
         object: &mut pb::Object,
-        _cx: &StepContext,
+        cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
+        let headers = self
+            .headers
+            .render(&cel::input(object, cx, self.headers.variables()));
+        let headers = headers.map_err(|err| StepError::new(err.to_string()))?;
         let request = object.request.get_or_insert_with(Default::default);
         set_entries(
             &mut request.set_headers,
             &mut request.delete_headers,
-            &self.headers,
+            &headers,
         );
         Ok(StepOutcome::Modified)
     }
@@ -376,7 +400,31 @@ impl Step for DeleteResponseHeaders {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::steps::tests::{cx, run_step, step_config};
+    use crate::hooks::steps::tests::{cx, run_step, scope, step_config};
+
+    #[test]
+    fn a_canonical_name_is_recognised_without_a_copy() {
+        for name in [
+            "X-Tenant-Id",
+            "x-tenant-id",
+            "X-TENANT",
+            "Content-Type",
+            "a",
+            "A",
+            "-x",
+            "X-",
+            "bad name",
+            "",
+            "X_Y",
+            "Www-Authenticate",
+        ] {
+            assert_eq!(
+                is_canonical_header_name(name),
+                canonical_header_name(name) == name,
+                "{name:?}"
+            );
+        }
+    }
 
     #[test]
     fn canonical_names_follow_go() {
@@ -394,10 +442,13 @@ mod tests {
     #[tokio::test]
     async fn request_header_steps_go_through_set_and_delete_lists() {
         let mut object = pb::Object::default();
-        let set = SetHeaders::build(&step_config(
-            "set_headers",
-            serde_json::json!({"headers": {"x-team": "payments"}}),
-        ))
+        let set = SetHeaders::build(
+            &step_config(
+                "set_headers",
+                serde_json::json!({"headers": {"x-team": "payments"}}),
+            ),
+            scope(pb::HookType::Pre),
+        )
         .unwrap();
         let delete = DeleteHeaders::build(&step_config(
             "delete_headers",
@@ -482,24 +533,24 @@ mod tests {
     #[test]
     fn settings_are_checked() {
         assert!(
-            SetHeaders::build(&step_config(
-                "set_headers",
-                serde_json::json!({"headers": {}})
-            ))
+            SetHeaders::build(
+                &step_config("set_headers", serde_json::json!({"headers": {}})),
+                scope(pb::HookType::Pre)
+            )
             .is_err()
         );
-        let err = SetHeaders::build(&step_config(
-            "set_headers",
-            serde_json::json!({"header": {"a": "b"}}),
-        ))
+        let err = SetHeaders::build(
+            &step_config("set_headers", serde_json::json!({"header": {"a": "b"}})),
+            scope(pb::HookType::Pre),
+        )
         .unwrap_err()
         .to_string();
         assert!(err.contains("unknown field `header`"), "{err}");
         // A bad value names the setting it is in.
-        let err = SetHeaders::build(&step_config(
-            "set_headers",
-            serde_json::json!({"headers": {"X-Id": 7}}),
-        ))
+        let err = SetHeaders::build(
+            &step_config("set_headers", serde_json::json!({"headers": {"X-Id": 7}})),
+            scope(pb::HookType::Pre),
+        )
         .unwrap_err()
         .to_string();
         assert!(

@@ -12,10 +12,14 @@
 //! | `api_key_auth` | CustomKeyCheck | keys from a file of SHA-256 hashes, each with grants |
 //! | `jwt_auth` | CustomKeyCheck | JWTs verified with pinned keys (file, JWKS file or JWKS URL) |
 //! | `config_data_headers` | request hooks | request headers from the API's `config_data` |
+//! | `authorize` | request hooks | allows or denies on a CEL expression, with a configurable denial |
+//! | `opa_authorize`, `http_authorize` | request hooks | asks an OPA server (Data API) or any HTTP decision service |
 //! | `delay` | all | waits (fault injection: deadlines and `on_error` before a real slow step) |
 
 mod api_key;
+mod authorize;
 mod config_data;
+mod decision;
 mod fault;
 pub mod grants;
 mod headers;
@@ -67,12 +71,14 @@ pub mod parsers {
 use serde::de::DeserializeOwned;
 
 use super::{
+    cel::Scope,
     config::StepConfig,
     step::{BuildError, Step, StepError},
 };
 use crate::pb::{self, HookType};
 
-pub use headers::canonical_header_name;
+pub(crate) use headers::request_header;
+pub use headers::{canonical_header_name, is_canonical_header_name};
 pub(crate) use respond::{replace_response, respond_to_request};
 
 /// The request hooks: every type but Response.
@@ -95,8 +101,10 @@ pub const RESPONSE_HOOK: &[HookType] = &[HookType::Response];
 /// Custom authentication only.
 pub const AUTH_HOOK: &[HookType] = &[HookType::CustomKeyCheck];
 
-/// Builds a step of one kind from its settings.
-type StepFactory = Arc<dyn Fn(&StepConfig) -> Result<Arc<dyn Step>, BuildError> + Send + Sync>;
+/// Builds a step of one kind from its settings, for a hook (the scope its expressions are
+/// compiled in).
+type StepFactory =
+    Arc<dyn Fn(&StepConfig, Scope) -> Result<Arc<dyn Step>, BuildError> + Send + Sync>;
 
 /// A step kind: its name in hook configs (`kind = "..."`), the hook types it can act on, and
 /// how to build it from its settings. The name is also the step's `step` label in metrics and
@@ -161,11 +169,21 @@ impl StepKind {
         hook_types: &'static [HookType],
         build: impl Fn(&StepConfig) -> Result<S, BuildError> + Send + Sync + 'static,
     ) -> Self {
+        Self::with_scope(name, hook_types, move |config, _| build(config))
+    }
+
+    /// A kind whose steps compile CEL expressions: `build` is also told the hook they are for
+    /// (its type, whether an auth step runs before, its cost limit).
+    pub fn with_scope<S: Step>(
+        name: impl Into<Arc<str>>,
+        hook_types: &'static [HookType],
+        build: impl Fn(&StepConfig, Scope) -> Result<S, BuildError> + Send + Sync + 'static,
+    ) -> Self {
         Self {
             name: name.into(),
             hook_types,
-            build: Arc::new(move |config| {
-                build(config).map(|step| Arc::new(step) as Arc<dyn Step>)
+            build: Arc::new(move |config, scope| {
+                build(config, scope).map(|step| Arc::new(step) as Arc<dyn Step>)
             }),
         }
     }
@@ -259,7 +277,7 @@ impl StepRegistry {
         };
         for kind in [
             StepKind::new("log", ALL_HOOKS, log::Log::build),
-            StepKind::new("set_headers", REQUEST_HOOKS, headers::SetHeaders::build),
+            StepKind::with_scope("set_headers", REQUEST_HOOKS, headers::SetHeaders::build),
             StepKind::new(
                 "delete_headers",
                 REQUEST_HOOKS,
@@ -280,14 +298,25 @@ impl StepRegistry {
                 RESPONSE_HOOK,
                 headers::DeleteResponseHeaders::build,
             ),
-            StepKind::new("add_params", REQUEST_HOOKS, params::AddParams::build),
+            StepKind::with_scope("add_params", REQUEST_HOOKS, params::AddParams::build),
             StepKind::new("delete_params", REQUEST_HOOKS, params::DeleteParams::build),
             StepKind::new("rewrite_url", REQUEST_HOOKS, url::RewriteUrl::build),
             StepKind::new("set_method", REQUEST_HOOKS, url::SetMethod::build),
-            StepKind::new("respond", ALL_HOOKS, respond::Respond::build),
+            StepKind::with_scope("respond", ALL_HOOKS, respond::Respond::build),
             StepKind::new("api_key_auth", AUTH_HOOK, api_key::ApiKeyAuth::build),
             StepKind::new("jwt_auth", AUTH_HOOK, jwt::JwtAuth::build),
             StepKind::new("delay", ALL_HOOKS, fault::Delay::build),
+            StepKind::with_scope("authorize", REQUEST_HOOKS, authorize::Authorize::build),
+            StepKind::with_scope(
+                "opa_authorize",
+                REQUEST_HOOKS,
+                decision::DecisionStep::build_opa,
+            ),
+            StepKind::with_scope(
+                "http_authorize",
+                REQUEST_HOOKS,
+                decision::DecisionStep::build_http,
+            ),
             StepKind::new(
                 "config_data_headers",
                 REQUEST_HOOKS,
@@ -304,7 +333,7 @@ impl StepRegistry {
         self.kinds.insert(kind.name.clone(), kind);
     }
 
-    /// Builds the step `config` describes for a hook of `hook_type`.
+    /// Builds the step `config` describes for a hook of `hook_type`, as its first step.
     ///
     /// # Errors
     /// An unknown kind, a kind that cannot act on this hook type, or bad settings.
@@ -313,6 +342,22 @@ impl StepRegistry {
         config: &StepConfig,
         hook_type: HookType,
     ) -> Result<Arc<dyn Step>, BuildError> {
+        self.build_in(
+            config,
+            Scope {
+                hook_type,
+                after_auth: false,
+                cost_limit: crate::hooks::cel::DEFAULT_COST_LIMIT,
+            },
+        )
+    }
+
+    /// Builds the step `config` describes, in `scope`.
+    ///
+    /// # Errors
+    /// An unknown kind, a kind that cannot act on this hook type, or bad settings.
+    pub fn build_in(&self, config: &StepConfig, scope: Scope) -> Result<Arc<dyn Step>, BuildError> {
+        let hook_type = scope.hook_type;
         let Some(kind) = self.kinds.get(config.kind.as_str()) else {
             let mut known: Vec<&str> = self.kinds.keys().map(AsRef::as_ref).collect();
             known.sort_unstable();
@@ -331,7 +376,7 @@ impl StepRegistry {
                 allowed.join(", ")
             )));
         }
-        (kind.build)(config).map_err(|mut err| {
+        (kind.build)(config, scope).map_err(|mut err| {
             err.message = format!("step {:?}: {}", config.kind, err.message);
             err
         })
@@ -376,6 +421,14 @@ pub(crate) mod tests {
         }
     }
 
+    pub(crate) fn scope(hook_type: pb::HookType) -> crate::hooks::cel::Scope {
+        crate::hooks::cel::Scope {
+            hook_type,
+            after_auth: false,
+            cost_limit: crate::hooks::cel::DEFAULT_COST_LIMIT,
+        }
+    }
+
     pub(crate) fn cx(hook_type: pb::HookType) -> StepContext {
         StepContext {
             hook_type,
@@ -383,6 +436,8 @@ pub(crate) mod tests {
             api_id: "api-1".into(),
             org_id: "org-1".into(),
             config_data: None,
+            trace: None,
+            recorded: None,
         }
     }
 

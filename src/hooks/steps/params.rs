@@ -8,6 +8,7 @@ use serde::Deserialize;
 use super::{delete_entries, set_entries, settings};
 use crate::{
     hooks::{
+        cel::{self, ComputedMap, Scope, TemplateSetting},
         config::StepConfig,
         parts::ObjectParts,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
@@ -18,7 +19,7 @@ use crate::{
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ParamValues {
-    params: BTreeMap<String, String>,
+    params: BTreeMap<String, TemplateSetting>,
 }
 
 #[derive(Deserialize)]
@@ -30,36 +31,38 @@ struct ParamNames {
 /// `add_params`: `params = { name = "value" }` (replaces existing values).
 #[derive(Debug)]
 pub struct AddParams {
-    params: BTreeMap<String, String>,
+    params: ComputedMap,
 }
 
 impl AddParams {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
+    pub(super) fn build(config: &StepConfig, scope: Scope) -> Result<Self, BuildError> {
         let ParamValues { params } = settings(config)?;
         if params.is_empty() {
             return Err("needs at least one parameter".into());
         }
-        Ok(Self { params })
+        Ok(Self {
+            params: ComputedMap::build(params, scope, "params", str::to_string)?,
+        })
     }
 }
 
 #[async_trait::async_trait]
 impl Step for AddParams {
     fn parts(&self) -> ObjectParts {
-        ObjectParts::REQUEST_PARAM_EDITS
+        ObjectParts::REQUEST_PARAM_EDITS.union(self.params.variables().parts())
     }
 
     async fn run(
         &self,
         object: &mut pb::Object,
-        _cx: &StepContext,
+        cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
+        let params = self
+            .params
+            .render(&cel::input(object, cx, self.params.variables()));
+        let params = params.map_err(|err| StepError::new(err.to_string()))?;
         let request = object.request.get_or_insert_with(Default::default);
-        set_entries(
-            &mut request.add_params,
-            &mut request.delete_params,
-            &self.params,
-        );
+        set_entries(&mut request.add_params, &mut request.delete_params, &params);
         Ok(StepOutcome::Modified)
     }
 }
@@ -104,15 +107,18 @@ impl Step for DeleteParams {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::steps::tests::{cx, run_step, step_config};
+    use crate::hooks::steps::tests::{cx, run_step, scope, step_config};
 
     #[tokio::test]
     async fn params_are_added_and_deleted_through_the_lists() {
         let mut object = pb::Object::default();
-        let add = AddParams::build(&step_config(
-            "add_params",
-            serde_json::json!({"params": {"version": "2"}}),
-        ))
+        let add = AddParams::build(
+            &step_config(
+                "add_params",
+                serde_json::json!({"params": {"version": "2"}}),
+            ),
+            scope(pb::HookType::Pre),
+        )
         .unwrap();
         let delete = DeleteParams::build(&step_config(
             "delete_params",

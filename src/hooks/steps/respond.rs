@@ -18,69 +18,15 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use super::{
-    canonical_header_name,
-    headers::{request_header, set_response_header},
-    settings,
-};
+use super::{canonical_header_name, headers::set_response_header, settings};
 use crate::{
     hooks::{
+        cel::{self, ComputedMap, Scope, Template, TemplateSetting, Variables},
         config::StepConfig,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
 };
-
-/// When a `respond` step answers; every condition given must hold.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Conditions {
-    /// A request header that must be present.
-    header_present: Option<String>,
-    /// A request header that must be absent.
-    header_absent: Option<String>,
-    /// A request header that must have this value.
-    header_equals: Option<HeaderEquals>,
-    /// The URL path must start with this.
-    path_prefix: Option<String>,
-    /// The HTTP method must be this.
-    method: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderEquals {
-    name: String,
-    value: String,
-}
-
-impl Conditions {
-    fn holds(&self, request: Option<&pb::MiniRequestObject>) -> bool {
-        let default = pb::MiniRequestObject::default();
-        let request = request.unwrap_or(&default);
-        let header = |name: &str| request_header(request, name);
-        let path = request.url.split('?').next().unwrap_or("");
-        self.header_present
-            .as_deref()
-            .is_none_or(|name| header(name).is_some())
-            && self
-                .header_absent
-                .as_deref()
-                .is_none_or(|name| header(name).is_none())
-            && self
-                .header_equals
-                .as_ref()
-                .is_none_or(|eq| header(&eq.name).is_some_and(|v| *v == eq.value))
-            && self
-                .path_prefix
-                .as_deref()
-                .is_none_or(|prefix| path.starts_with(prefix))
-            && self
-                .method
-                .as_deref()
-                .is_none_or(|method| request.method.eq_ignore_ascii_case(method))
-    }
-}
 
 fn default_override_error() -> bool {
     true
@@ -88,14 +34,12 @@ fn default_override_error() -> bool {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RespondSettings {
+pub(super) struct RespondSettings {
     status: u16,
     #[serde(default)]
-    body: String,
+    body: Option<TemplateSetting>,
     #[serde(default)]
-    headers: BTreeMap<String, String>,
-    #[serde(default)]
-    when: Conditions,
+    headers: BTreeMap<String, TemplateSetting>,
     #[serde(default = "default_override_error")]
     override_error: bool,
 }
@@ -103,32 +47,113 @@ struct RespondSettings {
 /// See the module docs.
 #[derive(Debug)]
 pub struct Respond {
+    answer: Answer,
+}
+
+/// An answer a step ends the request with: a status, a body and headers (either may be
+/// computed).
+#[derive(Debug)]
+pub(super) struct Answer {
     status: u16,
-    body: String,
-    headers: BTreeMap<String, String>,
-    when: Conditions,
+    body: Template,
+    headers: ComputedMap,
     override_error: bool,
 }
 
-impl Respond {
-    pub(super) fn build(config: &StepConfig) -> Result<Self, BuildError> {
-        let settings: RespondSettings = settings(config)?;
+/// What replaces parts of an [`Answer`] for one call.
+#[derive(Debug)]
+pub(super) struct AnswerOverride<'a> {
+    pub status: Option<u16>,
+    pub body: Option<&'a str>,
+    pub headers: &'a BTreeMap<String, String>,
+}
+
+impl Default for AnswerOverride<'_> {
+    fn default() -> Self {
+        static NONE: BTreeMap<String, String> = BTreeMap::new();
+        Self {
+            status: None,
+            body: None,
+            headers: &NONE,
+        }
+    }
+}
+
+impl Answer {
+    /// Builds `settings`, reporting problems under `setting` (`""` for the step itself).
+    pub(super) fn build(
+        settings: RespondSettings,
+        scope: Scope,
+        setting: &str,
+    ) -> Result<Self, BuildError> {
+        let at = |name: &str| format!("{setting}{name}");
         if !(100..=599).contains(&settings.status) {
             return Err(BuildError::at(
-                "status",
+                at("status"),
                 format!("{} is not an HTTP status", settings.status),
             ));
         }
+        let body = settings
+            .body
+            .unwrap_or(TemplateSetting::Literal(String::new()));
         Ok(Self {
             status: settings.status,
-            body: settings.body,
-            headers: settings
-                .headers
-                .into_iter()
-                .map(|(k, v)| (canonical_header_name(&k), v))
-                .collect(),
-            when: settings.when,
+            body: Template::build(body, scope)
+                .map_err(|err| BuildError::at(at("body"), err.to_string()))?,
+            headers: ComputedMap::build(
+                settings.headers,
+                scope,
+                &at("headers"),
+                canonical_header_name,
+            )?,
             override_error: settings.override_error,
+        })
+    }
+
+    /// The variables its computed parts read.
+    pub(super) fn variables(&self) -> Variables {
+        self.headers.variables().union(self.body.variables())
+    }
+
+    /// Ends the request (or replaces the response) with this answer.
+    pub(super) fn give(&self, object: &mut pb::Object, cx: &StepContext) -> Result<(), StepError> {
+        self.give_overridden(object, cx, &AnswerOverride::default())
+    }
+
+    /// Ends the request with this answer, its status and body replaced and headers added where
+    /// `by` says (a policy service's decision).
+    pub(super) fn give_overridden(
+        &self,
+        object: &mut pb::Object,
+        cx: &StepContext,
+        by: &AnswerOverride<'_>,
+    ) -> Result<(), StepError> {
+        let failed = |err: crate::hooks::cel::EvalError| StepError::new(err.to_string());
+        let (body, headers) = {
+            let input = cel::input(object, cx, self.variables());
+            let body = match by.body {
+                Some(body) => body.to_string(),
+                None => self.body.render(&input).map_err(failed)?.into_owned(),
+            };
+            let mut headers = self.headers.render(&input).map_err(failed)?.into_owned();
+            headers.extend(by.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+            (body, headers)
+        };
+        let status = by.status.unwrap_or(self.status);
+        if cx.is_request_hook() {
+            respond_to_request(object, status, &body, &headers, self.override_error);
+        } else {
+            replace_response(object, status, &body, &headers);
+        }
+        Ok(())
+    }
+}
+
+impl Respond {
+    pub(super) fn build(config: &StepConfig, scope: Scope) -> Result<Self, BuildError> {
+        let settings: RespondSettings = settings(config)?;
+        Ok(Self {
+            answer: Answer::build(settings, scope, "")?,
         })
     }
 }
@@ -181,20 +206,7 @@ impl Step for Respond {
         object: &mut pb::Object,
         cx: &StepContext,
     ) -> Result<StepOutcome, StepError> {
-        if !self.when.holds(object.request.as_ref()) {
-            return Ok(StepOutcome::Unchanged);
-        }
-        if cx.is_request_hook() {
-            respond_to_request(
-                object,
-                self.status,
-                &self.body,
-                &self.headers,
-                self.override_error,
-            );
-        } else {
-            replace_response(object, self.status, &self.body, &self.headers);
-        }
+        self.answer.give(object, cx)?;
         Ok(StepOutcome::Responded)
     }
 }
@@ -202,7 +214,7 @@ impl Step for Respond {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hooks::steps::tests::{cx, run_step, step_config};
+    use crate::hooks::steps::tests::{cx, run_step, scope, step_config};
 
     fn request(headers: &[(&str, &str)], url: &str, method: &str) -> pb::Object {
         pb::Object {
@@ -223,19 +235,40 @@ mod tests {
         }
     }
 
-    fn respond(when: serde_json::Value) -> Respond {
-        Respond::build(&step_config(
-            "respond",
-            serde_json::json!({"status": 418, "body": "teapot", "headers": {"content-type": "text/plain"}, "when": when}),
-        ))
+    fn respond() -> Respond {
+        Respond::build(
+            &step_config(
+                "respond",
+                serde_json::json!({"status": 418, "body": "teapot", "headers": {"content-type": "text/plain"}}),
+            ),
+            scope(pb::HookType::Pre),
+        )
         .unwrap()
     }
 
     #[tokio::test]
-    async fn request_hooks_answer_through_return_overrides() {
-        let step = respond(
-            serde_json::json!({"header_absent": "x-version", "path_prefix": "/orders", "method": "get"}),
+    async fn bodies_and_headers_may_be_computed() {
+        let step = Respond::build(
+            &step_config(
+                "respond",
+                serde_json::json!({"status": 400, "body": {"cel": "'no ' + request.method"}, "headers": {"x-path": {"cel": "request.path"}}}),
+            ),
+            scope(pb::HookType::Pre),
+        )
+        .unwrap();
+        let mut object = request(&[], "/orders/1?x=1", "DELETE");
+        run_step(&step, &mut object, &cx(pb::HookType::Pre)).await;
+        let overrides = object.request.unwrap().return_overrides.unwrap();
+        assert_eq!(overrides.response_body, "no DELETE");
+        assert_eq!(
+            overrides.headers.get("X-Path").map(String::as_str),
+            Some("/orders/1")
         );
+    }
+
+    #[tokio::test]
+    async fn request_hooks_answer_through_return_overrides() {
+        let step = respond();
         let mut object = request(&[], "/orders/1?x=1", "GET");
         assert_eq!(
             run_step(&step, &mut object, &cx(pb::HookType::Pre)).await,
@@ -252,30 +285,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn conditions_that_do_not_hold_leave_the_object() {
-        let step = respond(serde_json::json!({"header_absent": "x-version"}));
-        let mut object = request(&[("X-Version", "2")], "/orders", "GET");
-        assert_eq!(
-            run_step(&step, &mut object, &cx(pb::HookType::Pre)).await,
-            StepOutcome::Unchanged
-        );
-        let step =
-            respond(serde_json::json!({"header_equals": {"name": "x-version", "value": "1"}}));
-        assert_eq!(
-            run_step(&step, &mut object, &cx(pb::HookType::Pre)).await,
-            StepOutcome::Unchanged
-        );
-        let step =
-            respond(serde_json::json!({"header_equals": {"name": "x-version", "value": "2"}}));
-        assert_eq!(
-            run_step(&step, &mut object, &cx(pb::HookType::Pre)).await,
-            StepOutcome::Responded
-        );
-    }
-
-    #[tokio::test]
     async fn response_hooks_replace_the_response() {
-        let step = respond(serde_json::json!({}));
+        let step = respond();
         let mut object = request(&[], "/", "GET");
         object.response = Some(pb::ResponseObject {
             status_code: 200,

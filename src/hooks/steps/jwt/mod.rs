@@ -82,6 +82,7 @@ use super::{
 use crate::{
     hooks::{
         config::StepConfig,
+        recorded::Recorded,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
     pb,
@@ -182,8 +183,8 @@ impl JwtAuth {
         })
     }
 
-    async fn key_set(&self) -> Result<Arc<KeySet>, StepError> {
-        self.keys.current().await
+    async fn key_set(&self, recorded: Option<&Recorded>) -> Result<Arc<KeySet>, StepError> {
+        self.keys.current(recorded).await
     }
 }
 
@@ -216,7 +217,7 @@ impl Step for JwtAuth {
             Ok(token) => token,
             Err(denied) => return Ok(denied),
         };
-        let keys = self.key_set().await?;
+        let keys = self.key_set(cx.recorded.as_deref()).await?;
         let claims = match self.verify(&token, &keys) {
             Ok(claims) => claims,
             Err(reason) => return Ok(deny(object, reason)),

@@ -15,6 +15,7 @@ use arc_swap::ArcSwapOption;
 use super::keys::{KeySet, load_keys_file, parse_jwks};
 use crate::{
     hooks::{
+        recorded::Recorded,
         step::{BuildError, StepError},
         steps::reloading,
     },
@@ -237,11 +238,27 @@ impl Keys {
         })
     }
 
-    /// The keys in force.
-    pub(super) async fn current(&self) -> Result<Arc<KeySet>, StepError> {
-        match self {
-            Self::File(file) => Ok(file.keys.current()),
-            Self::Remote(remote) => remote.current().await,
+    /// The keys in force; offline (`recorded` answers), a JWKS URL's are the answer recorded
+    /// for `GET` on it.
+    pub(super) async fn current(
+        &self,
+        recorded: Option<&Recorded>,
+    ) -> Result<Arc<KeySet>, StepError> {
+        match (self, recorded) {
+            (Self::File(file), _) => Ok(file.keys.current()),
+            (Self::Remote(remote), Some(recorded)) => {
+                let answer = recorded.answer("GET", &remote.url)?;
+                if !(200..300).contains(&answer.status) {
+                    return Err(StepError::new(format!(
+                        "GET {}: status {}",
+                        remote.url, answer.status
+                    )));
+                }
+                parse_jwks(&answer.body_bytes(), &remote.url)
+                    .map(Arc::new)
+                    .map_err(|err| StepError::new(err.to_string()))
+            }
+            (Self::Remote(remote), None) => remote.current().await,
         }
     }
 }

@@ -134,7 +134,7 @@ pub(super) async fn check(step: &JwtAuth, token: Option<&str>) -> (StepOutcome, 
 
 /// The token is answered 403 in band, and `verify` refuses it for `why`.
 pub(super) async fn assert_refused(step: &JwtAuth, token: &str, why: &str) {
-    let keys = step.key_set().await.unwrap();
+    let keys = step.key_set(None).await.unwrap();
     assert_eq!(step.verify(token, &keys).err(), Some(why));
     let (outcome, object) = check(step, Some(token)).await;
     assert_eq!(outcome, StepOutcome::Denied, "{why}");
