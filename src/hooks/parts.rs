@@ -50,6 +50,12 @@ impl ObjectParts {
     pub const REQUEST_URL: Self = Self::request_field(5);
     /// `request.method`.
     pub const REQUEST_METHOD: Self = Self::request_field(11);
+    /// `request.params` (what the client sent).
+    pub const REQUEST_PARAMS: Self = Self::request_field(6);
+    /// `request.scheme`.
+    pub const REQUEST_SCHEME: Self = Self::request_field(13);
+    /// `request.body` and `request.raw_body`.
+    pub const REQUEST_BODY: Self = Self::request_field(4).union(Self::request_field(14));
     /// `request.return_overrides`.
     pub const RETURN_OVERRIDES: Self = Self::request_field(10);
     /// `session`.

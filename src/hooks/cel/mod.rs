@@ -118,9 +118,23 @@ impl Variables {
 
     /// The Object parts these variables read (`spec` and `hook` come from the call's context).
     pub fn parts(self) -> ObjectParts {
+        // Each field of `request` from the Object fields it is made of.
+        const REQUEST_PARTS: [ObjectParts; 7] = [
+            ObjectParts::REQUEST_METHOD,
+            ObjectParts::REQUEST_URL,
+            ObjectParts::REQUEST_URL,
+            ObjectParts::REQUEST_HEADERS.union(ObjectParts::REQUEST_HEADER_EDITS),
+            ObjectParts::REQUEST_PARAMS,
+            ObjectParts::REQUEST_SCHEME,
+            ObjectParts::REQUEST_BODY,
+        ];
         let mut parts = ObjectParts::NONE;
         if self.has(Self::REQUEST) {
-            parts = parts.union(ObjectParts::REQUEST);
+            for (i, field) in REQUEST_PARTS.into_iter().enumerate() {
+                if self.reads_request_field(i) {
+                    parts = parts.union(field);
+                }
+            }
         }
         if self.has(Self::SESSION) {
             parts = parts.union(ObjectParts::SESSION);

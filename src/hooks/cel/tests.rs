@@ -256,6 +256,18 @@ fn parts_follow_the_variables_read() {
     assert_eq!(e.parts(), crate::hooks::ObjectParts::NONE);
     let e = Expression::compile("session.alias == 'a'", scope(HookType::Post)).unwrap();
     assert_eq!(e.parts(), crate::hooks::ObjectParts::SESSION);
+    let e = Expression::compile(
+        "request.method == 'GET' && 'X-A' in request.headers",
+        scope(HookType::Pre),
+    )
+    .unwrap();
+    use crate::hooks::ObjectParts as P;
+    assert_eq!(
+        e.parts(),
+        P::REQUEST_METHOD
+            .union(P::REQUEST_HEADERS)
+            .union(P::REQUEST_HEADER_EDITS)
+    );
 }
 
 #[test]
