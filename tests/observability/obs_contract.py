@@ -34,8 +34,8 @@ OUTCOMES = {"unchanged", "modified", "responded", "failed", "error"}
 REJECTION_REASONS = {"malformed", "request_too_large", "in_flight_budget", "reply_too_large"}
 # Hook pipelines (issue 6): what one step did, an auth step's decision, why a hook failed, and
 # how a config reload ended. An auth step that allows counts as `modified`, one that denies as
-# `responded`.
-STEP_OUTCOMES = {"unchanged", "modified", "responded", "failed"}
+# `responded`; a step whose `when` does not hold, as `skipped`.
+STEP_OUTCOMES = {"unchanged", "modified", "responded", "failed", "skipped"}
 AUTH_DECISIONS = {"allowed", "denied"}
 FAILURE_REASONS = {"deadline", "panic", "error"}
 RELOAD_RESULTS = {"success", "failure"}

@@ -311,9 +311,10 @@ def test_dispatch_outcomes_of_the_pipelines(scrape):
 def test_step_runs_by_hook_step_and_outcome(scrape):
     name = "tyk_dispatcher_step_runs_total"
     expected = {
-        # Every TeamPre call sets its header; the respond step fires once (X-Block).
+        # Every TeamPre call sets its header; the respond step fires once (X-Block), and is
+        # skipped otherwise (its `when` does not hold).
         ("TeamPre", "set_headers"): {"modified": _calls("TeamPre")},
-        ("TeamPre", "respond"): {"unchanged": _calls("TeamPre", "modified"),
+        ("TeamPre", "respond"): {"skipped": _calls("TeamPre", "modified"),
                                  "responded": _calls("TeamPre", "responded")},
         ("StampResponse", "set_response_headers"): {"modified": 1},
         # An allowing auth step counts as modified, a denying one as responded.

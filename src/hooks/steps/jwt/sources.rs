@@ -410,6 +410,54 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn offline_a_jwks_url_is_the_answer_recorded_for_it() {
+        // Built outside a runtime: no background fetch starts, and none may.
+        let (_dir, step) = std::thread::spawn(|| {
+            setup(
+                &[],
+                serde_json::json!({"jwks_url": "https://idp.invalid/jwks"}),
+            )
+            .unwrap()
+        })
+        .join()
+        .unwrap();
+        let jwks = serde_json::json!({"keys": [
+            {"kty": "oct", "kid": "hs1", "alg": "HS256", "k": b64url(HS_SECRET.as_bytes())},
+        ]});
+        let answer = |status: u16| crate::hooks::recorded::RecordedAnswer {
+            method: "GET".into(),
+            url: "https://idp.invalid/jwks".into(),
+            status,
+            headers: Default::default(),
+            body: jwks.clone(),
+        };
+        let offline = |answers| {
+            let mut cx = cx(pb::HookType::CustomKeyCheck);
+            cx.recorded = Some(Arc::new(Recorded::new(answers)));
+            cx
+        };
+        let token = hs("hs1", &claims(60));
+        let mut object = call(Some(&token));
+        let outcome = step.run(&mut object, &offline(vec![answer(200)])).await;
+        assert_eq!(outcome.unwrap(), StepOutcome::Allowed);
+        let err = step
+            .run(&mut call(Some(&token)), &offline(vec![]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "no answer recorded for GET https://idp.invalid/jwks (offline runs do not reach the network)"
+        );
+        let err = step
+            .run(&mut call(Some(&token)), &offline(vec![answer(503)]))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "GET https://idp.invalid/jwks: status 503");
+    }
+
+    #[tokio::test]
     async fn without_any_fetched_key_the_step_fails_for_on_error_to_answer() {
         let served = Arc::new(Served {
             body: Mutex::new(None),
