@@ -1,6 +1,7 @@
 //! Plugins without Rust, over gRPC: CEL conditions, computed values and `authorize`; decisions
 //! from a real Open Policy Agent server (built by `tests/tools/opa.sh`) and from an HTTP
-//! decision service, with the cache, the trace context and `on_error`.
+//! decision service, with the cache, the trace context and `on_error`; the recipes of
+//! `examples/recipes` served with their own configs and checked against their own cases.
 
 use std::{
     io::{Read, Write},
@@ -248,10 +249,6 @@ impl Opa {
         false
     }
 
-    fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/v1/data/tyk/authz/decision", self.port)
-    }
-
     fn stop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -284,19 +281,9 @@ fn get(port: u16, path: &str) -> Option<String> {
 #[tokio::test]
 async fn a_real_opa_server_decides_and_a_warm_cache_outlives_it() {
     let mut opa = Opa::start();
-    let url = opa.url();
-    let app = spawn_app(config_with(|c| {
-        c.hooks = vec![pre_hook(
-            "Policy",
-            OnError::FailClosed,
-            vec![step(
-                "opa_authorize",
-                serde_json::json!({"url": url, "cache": {"key": "request.headers['X-User'] + ' ' + request.method + ' ' + request.path", "ttl_secs": 60}}),
-            )],
-        )];
-    }))
-    .await;
-    let bob_reads = call("Policy", "GET", "/orders/42", &[("X-User", "bob")]);
+    // The recipe's own config, pointed at this OPA.
+    let app = spawn_app(recipe_config("opa", Some(opa.port))).await;
+    let bob_reads = call("policyAuthz", "GET", "/orders/42", &[("X-User", "bob")]);
     let request = dispatch(&app, &bob_reads).await;
     assert_eq!(
         request.set_headers.get("X-Policy-User").map(String::as_str),
@@ -306,7 +293,7 @@ async fn a_real_opa_server_decides_and_a_warm_cache_outlives_it() {
 
     let request = dispatch(
         &app,
-        &call("Policy", "DELETE", "/orders/42", &[("X-User", "bob")]),
+        &call("policyAuthz", "DELETE", "/orders/42", &[("X-User", "bob")]),
     )
     .await;
     assert_eq!(
@@ -317,7 +304,12 @@ async fn a_real_opa_server_decides_and_a_warm_cache_outlives_it() {
 
     let request = dispatch(
         &app,
-        &call("Policy", "DELETE", "/orders/42", &[("X-User", "alice")]),
+        &call(
+            "policyAuthz",
+            "DELETE",
+            "/orders/42",
+            &[("X-User", "alice")],
+        ),
     )
     .await;
     assert_eq!(
@@ -334,13 +326,12 @@ async fn a_real_opa_server_decides_and_a_warm_cache_outlives_it() {
     );
     let request = dispatch(
         &app,
-        &call("Policy", "GET", "/orders/42", &[("X-User", "carol")]),
+        &call("policyAuthz", "GET", "/orders/42", &[("X-User", "carol")]),
     )
     .await;
     assert_eq!(overrides(&request).0, 503);
 
-    let decisions =
-        "tyk_dispatcher_auth_decisions_total{hook_name=\"Policy\",step=\"opa_authorize\",decision=";
+    let decisions = "tyk_dispatcher_auth_decisions_total{hook_name=\"policyAuthz\",step=\"opa_authorize\",decision=";
     assert_eq!(
         metric(&app, &format!("{decisions}\"allowed\"}}")).await,
         Some(3.0)
@@ -350,13 +341,13 @@ async fn a_real_opa_server_decides_and_a_warm_cache_outlives_it() {
         Some(1.0)
     );
     assert_eq!(
-        metric(&app, "tyk_dispatcher_step_duration_seconds_count{hook_name=\"Policy\",step=\"opa_authorize\"}").await,
+        metric(&app, "tyk_dispatcher_step_duration_seconds_count{hook_name=\"policyAuthz\",step=\"opa_authorize\"}").await,
         Some(5.0)
     );
     assert_eq!(
         metric(
             &app,
-            "tyk_dispatcher_hook_failures_total{hook_name=\"Policy\",reason=\"error\"}"
+            "tyk_dispatcher_hook_failures_total{hook_name=\"policyAuthz\",reason=\"error\"}"
         )
         .await,
         Some(1.0)
@@ -453,4 +444,111 @@ fn the_recipe_policy_passes_its_own_opa_tests() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}");
     assert!(stdout.contains("PASS: 17/17"), "{stdout}");
+}
+
+/// A recipe's hooks (`examples/recipes/<name>/dispatcher.toml`, loaded as the binary loads a
+/// config file) on a loopback test config; OPA's port replaced when one is given.
+fn recipe_config(name: &str, opa_port: Option<u16>) -> tyk_dispatcher::Config {
+    let mut text = std::fs::read_to_string(
+        manifest_dir().join(format!("examples/recipes/{name}/dispatcher.toml")),
+    )
+    .unwrap();
+    if let Some(port) = opa_port {
+        text = text.replace("127.0.0.1:8181", &format!("127.0.0.1:{port}"));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dispatcher.toml");
+    std::fs::write(&path, text).unwrap();
+    let loaded = tyk_dispatcher::config::load(&tyk_dispatcher::config::Sources {
+        file: Some(path),
+        env: Vec::new(),
+        cli: Default::default(),
+    })
+    .unwrap();
+    config_with(|c| {
+        c.hooks = loaded.config.hooks;
+        c.unknown_hooks = loaded.config.unknown_hooks;
+    })
+}
+
+/// What a case file's `expect` says of the reply, checked on an Object served over gRPC (the
+/// parts the recipes use: header edits, URL, return_overrides, session).
+fn check_case(name: &str, expect: &serde_json::Value, reply: &pb::Object) {
+    let request = reply.request.as_ref().unwrap();
+    for (header, value) in expect["set_headers"].as_object().into_iter().flatten() {
+        assert_eq!(
+            request.set_headers.get(header).map(String::as_str),
+            value.as_str(),
+            "{name}"
+        );
+    }
+    if let Some(url) = expect["url"].as_str() {
+        assert_eq!(request.url, url, "{name}");
+    }
+    let overrides = request.return_overrides.as_ref().unwrap();
+    if let Some(code) = expect["return_overrides"]["response_code"].as_i64() {
+        assert_eq!(i64::from(overrides.response_code), code, "{name}");
+    }
+    if let Some(body) = expect["return_overrides"]["response_body"].as_str() {
+        assert_eq!(overrides.response_body, body, "{name}");
+    }
+    if let Some(alias) = expect["session"]["alias"].as_str() {
+        assert_eq!(
+            reply.session.as_ref().map(|s| s.alias.as_str()),
+            Some(alias),
+            "{name}"
+        );
+    }
+    for (key, value) in expect["session"]["metadata"]
+        .as_object()
+        .into_iter()
+        .flatten()
+    {
+        let session = reply.session.as_ref().unwrap();
+        assert_eq!(
+            session.metadata.get(key).map(String::as_str),
+            value.as_str(),
+            "{name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_recipes_answer_over_grpc_as_their_cases_expect() {
+    for recipe in ["tenant", "claim-routing"] {
+        let app = spawn_app(recipe_config(recipe, None)).await;
+        let cases: serde_json::Value = serde_yaml::from_str(
+            &std::fs::read_to_string(
+                manifest_dir().join(format!("examples/recipes/{recipe}/cases.yaml")),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let cases = cases["cases"].as_array().unwrap();
+        assert!(cases.len() >= 4, "{recipe}");
+        for case in cases {
+            let name = case["name"].as_str().unwrap();
+            let mut object: pb::Object = serde_json::from_value(case["object"].clone()).unwrap();
+            object.hook_type =
+                pb::HookType::from_str_name(case["hook_type"].as_str().unwrap()).unwrap() as i32;
+            object.hook_name = case["hook_name"].as_str().unwrap().into();
+            object
+                .spec
+                .insert("APIID".into(), case["api_id"].as_str().unwrap().into());
+            object
+                .request
+                .as_mut()
+                .unwrap()
+                .return_overrides
+                .get_or_insert_with(|| pb::ReturnOverrides {
+                    response_code: -1,
+                    ..Default::default()
+                });
+            let reply = call_raw(app.channel().await, DISPATCH, object.encode_to_vec())
+                .await
+                .expect("answered");
+            check_case(name, &case["expect"], &pb::Object::decode(reply).unwrap());
+        }
+        app.shutdown().await;
+    }
 }
