@@ -60,8 +60,12 @@ impl HookTable {
             let pipeline = match Pipeline::build(config, registry) {
                 Ok(pipeline) => Arc::new(pipeline),
                 Err(found) => {
+                    // The position finds it in the file, the name in a long one.
                     problems.extend(found.into_iter().map(|problem| {
-                        Problem::new(format!("hooks[{index}].{}", problem.key), problem.message)
+                        Problem::new(
+                            format!("hooks[{index}].{}", problem.key),
+                            format!("hook {:?}: {}", config.name, problem.message),
+                        )
                     }));
                     continue;
                 }
@@ -340,7 +344,7 @@ mod tests {
             "hooks[1]: hook \"h\" (Pre) is declared twice for the same APIs"
         );
         assert!(
-            errors[1].starts_with("hooks[2].steps[1]: unknown step kind \"nope\""),
+            errors[1].starts_with("hooks[2].steps[1]: hook \"b\": unknown step kind \"nope\""),
             "{errors:?}"
         );
     }

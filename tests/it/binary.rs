@@ -482,8 +482,8 @@ fn hook_problems_at_start_are_config_errors_named_by_key_path() {
     assert_eq!(
         stderr.lines().collect::<Vec<_>>(),
         [
-            "config error: hooks[0].steps[1]: step \"set_headers\": needs at least one header",
-            "config error: hooks[1].deadline_ms: must be above 0",
+            "config error: hooks[0].steps[1]: hook \"A\": step \"set_headers\": needs at least one header",
+            "config error: hooks[1].deadline_ms: hook \"B\": must be above 0",
         ],
         "{stderr}"
     );

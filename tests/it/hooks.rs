@@ -691,16 +691,18 @@ fn check_config_refuses_bad_hooks_with_clear_messages() {
     assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains(
-            "config error: hooks[0].steps[0]: step \"set_response_headers\" cannot act on Pre hooks"
+            "config error: hooks[0].steps[0]: hook \"A\": step \"set_response_headers\" cannot act on Pre hooks"
         ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("config error: hooks[0].steps[1]: step \"rewrite_url\": bad pattern \"(\""),
+        stderr.contains(
+            "config error: hooks[0].steps[1]: hook \"A\": step \"rewrite_url\": bad pattern \"(\""
+        ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("config error: hooks[0].steps[2]: unknown step kind \"bogus\""),
+        stderr.contains("config error: hooks[0].steps[2]: hook \"A\": unknown step kind \"bogus\""),
         "{stderr}"
     );
 }

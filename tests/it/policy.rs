@@ -178,9 +178,9 @@ async fn config_errors_name_the_hook_step_setting_and_position() {
     });
     let problems = App::build(config).await.unwrap_err().to_string();
     for expected in [
-        "hooks[0].steps[1].when: step \"set_headers\": 2:3: unknown variable \"sesion\"",
-        "hooks[0].steps[2].headers.x-b: step \"set_headers\": 1:18: Syntax error: mismatched input '<EOF>'",
-        "hooks[0].steps[3].allow: step \"authorize\": 1:1: Pre hooks have no `session`",
+        "hooks[0].steps[1].when: hook \"Bad\": step \"set_headers\": 2:3: unknown variable \"sesion\"",
+        "hooks[0].steps[2].headers.x-b: hook \"Bad\": step \"set_headers\": 1:18: Syntax error: mismatched input '<EOF>'",
+        "hooks[0].steps[3].allow: hook \"Bad\": step \"authorize\": 1:1: Pre hooks have no `session`",
     ] {
         assert!(problems.contains(expected), "{expected:?} in {problems}");
     }
