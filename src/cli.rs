@@ -148,7 +148,7 @@ pub fn main(customize: impl FnOnce(AppBuilder) -> AppBuilder) -> ExitCode {
 }
 
 /// Prints one `config error: <key>: <problem>` line per problem.
-fn config_errors(Problems(problems): Problems) -> ExitCode {
+pub(crate) fn config_errors(Problems(problems): Problems) -> ExitCode {
     for problem in problems {
         eprintln!("config error: {problem}");
     }

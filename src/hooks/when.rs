@@ -5,10 +5,10 @@
 use serde::Deserialize;
 
 use super::{
-    cel::{self, Expression, Scope},
+    cel::{Expression, Input, Scope},
     parts::ObjectParts,
     step::{BuildError, StepContext, StepError},
-    steps::request_header,
+    steps::{request_header, setting},
 };
 use crate::pb;
 
@@ -88,17 +88,7 @@ impl When {
             serde_json::Value::String(source) => Expression::compile(source, scope)
                 .map(|e| Some(Self::Cel(e)))
                 .map_err(|err| BuildError::at("when", err.to_string())),
-            _ => serde_path_to_error::deserialize(value.clone())
-                .map(|c| Some(Self::Conditions(c)))
-                .map_err(|err| {
-                    let path = err.path().to_string();
-                    let setting = if path == "." {
-                        "when".to_string()
-                    } else {
-                        format!("when.{path}")
-                    };
-                    BuildError::at(setting, err.into_inner().to_string())
-                }),
+            _ => setting(value.clone(), "when").map(|c| Some(Self::Conditions(c))),
         }
     }
 
@@ -120,7 +110,7 @@ impl When {
         match self {
             Self::Conditions(conditions) => Ok(conditions.holds(object.request.as_ref())),
             Self::Cel(expression) => expression
-                .holds(&cel::input(object, cx, expression.variables()))
+                .holds(&Input::new(object, cx, expression.variables()))
                 .map_err(|err| StepError::new(format!("when: {err}"))),
         }
     }

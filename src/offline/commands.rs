@@ -21,12 +21,7 @@ use super::{
     logs::Caught,
     run::{Ran, run},
 };
-use crate::{
-    AppBuilder,
-    config::{self, Problems},
-    hooks::Hooks,
-    pb,
-};
+use crate::{AppBuilder, hooks::Hooks, pb};
 
 /// What `eval`'s flags set on the Object, over what the input says.
 #[derive(Debug, Clone, Default)]
@@ -198,12 +193,7 @@ fn got(ran: &Ran) -> Got<'_> {
 
 /// The hooks as the server would build them, or the exit code after printing why not.
 fn hooks(builder: AppBuilder) -> Result<Hooks, ExitCode> {
-    builder.offline_hooks().map_err(|Problems(problems)| {
-        for problem in problems {
-            eprintln!("config error: {problem}");
-        }
-        ExitCode::from(config::EXIT_CONFIG)
-    })
+    builder.offline_hooks().map_err(crate::cli::config_errors)
 }
 
 /// Every case of every file, each labelled by its file as given; or every problem found.

@@ -13,10 +13,7 @@ use cel::{
 
 use super::Variables;
 use crate::{
-    hooks::{
-        step::StepContext,
-        steps::{canonical_header_name, is_canonical_header_name},
-    },
+    hooks::{step::StepContext, steps::upstream_headers},
     pb,
 };
 
@@ -302,21 +299,11 @@ impl<'a> Input<'a> {
 /// The request's headers as the upstream would get them: canonical names, with the edits of
 /// earlier steps (`set_headers`, `delete_headers`) applied.
 fn request_headers<'a>(request: &'a pb::MiniRequestObject, sizes: &mut Sizes) -> Boxed<'a> {
-    let key = |name: &'a String| -> CelMapKey<'a> {
-        if is_canonical_header_name(name) {
-            CelMapKey::from(name.as_str())
-        } else {
-            CelMapKey::from(canonical_header_name(name))
-        }
-    };
     let mut headers: HashMap<CelMapKey<'a>, Boxed<'a>> =
         HashMap::with_capacity(request.headers.len() + request.set_headers.len());
-    for (name, value) in request.headers.iter().chain(&request.set_headers) {
+    for (name, value) in upstream_headers(request) {
         sizes.bytes += name.len() as u64;
-        headers.insert(key(name), sizes.text(value));
-    }
-    for name in &request.delete_headers {
-        headers.remove(&key(name));
+        headers.insert(CelMapKey::String(CelString::from(name)), sizes.text(value));
     }
     sizes.collection(headers.len());
     Box::new(CelMap::from(headers))

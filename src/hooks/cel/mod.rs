@@ -25,8 +25,8 @@ use std::sync::{Arc, LazyLock};
 
 use cel::{Context, Env, Program, Value};
 
-use super::{parts::ObjectParts, step::StepContext};
-use crate::pb::{self, HookType};
+use super::parts::ObjectParts;
+use crate::pb::HookType;
 
 pub use input::Input;
 pub use template::{ComputedMap, Template, TemplateSetting};
@@ -346,11 +346,6 @@ impl Expression {
             ))),
         }
     }
-}
-
-/// The variables `reads` names, for evaluating a step's expressions on the Object as it stands.
-pub fn input<'a>(object: &'a pb::Object, cx: &'a StepContext, reads: Variables) -> Input<'a> {
-    Input::new(object, cx, reads)
 }
 
 /// An evaluation error in words that quote no request value (`cel`'s own messages print the

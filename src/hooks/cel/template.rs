@@ -84,11 +84,6 @@ impl Template {
         }
     }
 
-    /// Whether it is computed.
-    pub fn is_computed(&self) -> bool {
-        matches!(self, Self::Cel(_))
-    }
-
     /// The value for this call.
     ///
     /// # Errors

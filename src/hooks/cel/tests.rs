@@ -1,7 +1,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::hooks::steps::tests::cx;
+use crate::{hooks::steps::tests::cx, pb};
 
 fn scope(hook_type: HookType) -> Scope {
     Scope {

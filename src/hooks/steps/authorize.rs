@@ -16,11 +16,11 @@ use serde::Deserialize;
 
 use super::{
     respond::{Answer, RespondSettings},
-    settings,
+    setting, settings,
 };
 use crate::{
     hooks::{
-        cel::{self, Expression, Scope},
+        cel::{Expression, Input, Scope},
         config::StepConfig,
         parts::ObjectParts,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
@@ -67,10 +67,7 @@ pub(super) fn deny_answer(
     deny: Option<serde_json::Value>,
     scope: Scope,
 ) -> Result<Answer, BuildError> {
-    let deny: RespondSettings = serde_path_to_error::deserialize(deny.unwrap_or_else(default_deny))
-        .map_err(|err| {
-            BuildError::at(format!("deny.{}", err.path()), err.into_inner().to_string())
-        })?;
+    let deny: RespondSettings = setting(deny.unwrap_or_else(default_deny), "deny")?;
     Answer::build(deny, scope, "deny.")
 }
 
@@ -94,7 +91,7 @@ impl Step for Authorize {
     ) -> Result<StepOutcome, StepError> {
         let allowed = self
             .allow
-            .holds(&cel::input(object, cx, self.allow.variables()))
+            .holds(&Input::new(object, cx, self.allow.variables()))
             .map_err(|err| StepError::new(format!("allow: {err}")))?;
         if allowed {
             return Ok(StepOutcome::Allowed);

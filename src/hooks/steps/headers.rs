@@ -15,14 +15,14 @@
 //! both views, with the map holding the entry's first value: the reconciliation is then a
 //! no-op and the entry's values are exactly the header lines sent.
 
-use std::collections::BTreeMap;
+use std::{borrow::Cow, collections::BTreeMap};
 
 use serde::Deserialize;
 
 use super::{delete_entries, response_of, set_entries, settings};
 use crate::{
     hooks::{
-        cel::{self, ComputedMap, Scope, TemplateSetting},
+        cel::{ComputedMap, Input, Scope, TemplateSetting},
         config::StepConfig,
         parts::ObjectParts,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
@@ -53,17 +53,37 @@ pub fn is_canonical_header_name(name: &str) -> bool {
     })
 }
 
+/// The request's headers as the upstream will get them, by canonical name (borrowed when the
+/// gateway sent it canonical): what the client sent, then the `set_headers` of earlier steps (a
+/// later entry of a name wins in a map), without the names `delete_headers` lists.
+pub(crate) fn upstream_headers(
+    request: &pb::MiniRequestObject,
+) -> impl Iterator<Item = (Cow<'_, str>, &String)> {
+    request
+        .headers
+        .iter()
+        .chain(&request.set_headers)
+        .filter(|(name, _)| {
+            !request
+                .delete_headers
+                .iter()
+                .any(|deleted| deleted.eq_ignore_ascii_case(name))
+        })
+        .map(|(name, value)| {
+            let name = if is_canonical_header_name(name) {
+                Cow::Borrowed(name.as_str())
+            } else {
+                Cow::Owned(canonical_header_name(name))
+            };
+            (name, value)
+        })
+}
+
 /// Go's canonical form of a header name (`content-type` → `Content-Type`), as the gateway uses.
 /// Names with characters outside a token are left as they are, as Go does.
 pub fn canonical_header_name(name: &str) -> String {
+    // Also true for a name outside a token, which stays as it is.
     if is_canonical_header_name(name) {
-        return name.to_string();
-    }
-    let valid = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
-    if !valid {
         return name.to_string();
     }
     let mut upper = true;
@@ -144,7 +164,7 @@ impl Step for SetHeaders {
     ) -> Result<StepOutcome, StepError> {
         let headers = self
             .headers
-            .render(&cel::input(object, cx, self.headers.variables()));
+            .render(&Input::new(object, cx, self.headers.variables()));
         let headers = headers.map_err(|err| StepError::new(err.to_string()))?;
         let request = object.request.get_or_insert_with(Default::default);
         set_entries(

@@ -77,8 +77,8 @@ use super::{
 };
 use crate::pb::{self, HookType};
 
-pub(crate) use headers::request_header;
 pub use headers::{canonical_header_name, is_canonical_header_name};
+pub(crate) use headers::{request_header, upstream_headers};
 pub(crate) use respond::{replace_response, respond_to_request};
 
 /// The request hooks: every type but Response.
@@ -220,14 +220,25 @@ pub struct StepRegistry {
 /// serde's message, at the path of the setting it is about (`headers.X-Id`) when it is about
 /// one.
 pub fn settings<T: DeserializeOwned>(config: &StepConfig) -> Result<T, BuildError> {
-    let value = serde_json::Value::Object(config.settings.clone());
+    setting(serde_json::Value::Object(config.settings.clone()), "")
+}
+
+/// Parses `value`, the setting at `at` (`""` for the step's whole settings), into its own type.
+///
+/// # Errors
+/// serde's message, at the path of what it is about below `at` (`deny.status`).
+pub(crate) fn setting<T: DeserializeOwned>(
+    value: serde_json::Value,
+    at: &str,
+) -> Result<T, BuildError> {
     serde_path_to_error::deserialize(value).map_err(|err| {
         let path = err.path().to_string();
         let message = err.into_inner().to_string();
-        if path == "." {
-            BuildError::new(message)
-        } else {
-            BuildError::at(path, message)
+        match (at, path.as_str()) {
+            ("", ".") => BuildError::new(message),
+            (at, ".") => BuildError::at(at, message),
+            ("", path) => BuildError::at(path, message),
+            (at, path) => BuildError::at(format!("{at}.{path}"), message),
         }
     })
 }

@@ -8,7 +8,7 @@ use serde::Deserialize;
 use super::{delete_entries, set_entries, settings};
 use crate::{
     hooks::{
-        cel::{self, ComputedMap, Scope, TemplateSetting},
+        cel::{ComputedMap, Input, Scope, TemplateSetting},
         config::StepConfig,
         parts::ObjectParts,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
@@ -59,7 +59,7 @@ impl Step for AddParams {
     ) -> Result<StepOutcome, StepError> {
         let params = self
             .params
-            .render(&cel::input(object, cx, self.params.variables()));
+            .render(&Input::new(object, cx, self.params.variables()));
         let params = params.map_err(|err| StepError::new(err.to_string()))?;
         let request = object.request.get_or_insert_with(Default::default);
         set_entries(&mut request.add_params, &mut request.delete_params, &params);

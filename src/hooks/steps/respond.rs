@@ -21,7 +21,7 @@ use serde::Deserialize;
 use super::{canonical_header_name, headers::set_response_header, settings};
 use crate::{
     hooks::{
-        cel::{self, ComputedMap, Scope, Template, TemplateSetting, Variables},
+        cel::{ComputedMap, Input, Scope, Template, TemplateSetting, Variables},
         config::StepConfig,
         step::{BuildError, Step, StepContext, StepError, StepOutcome},
     },
@@ -130,7 +130,7 @@ impl Answer {
     ) -> Result<(), StepError> {
         let failed = |err: crate::hooks::cel::EvalError| StepError::new(err.to_string());
         let (body, headers) = {
-            let input = cel::input(object, cx, self.variables());
+            let input = Input::new(object, cx, self.variables());
             let body = match by.body {
                 Some(body) => body.to_string(),
                 None => self.body.render(&input).map_err(failed)?.into_owned(),

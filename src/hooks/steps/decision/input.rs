@@ -21,7 +21,7 @@ use crate::{
     hooks::{
         cel::{ComputedMap, Input},
         step::StepContext,
-        steps::canonical_header_name,
+        steps::{canonical_header_name, upstream_headers},
     },
     pb,
 };
@@ -131,16 +131,10 @@ pub fn document(
 fn request(settings: &InputSettings, request: Option<&pb::MiniRequestObject>) -> Value {
     let default = pb::MiniRequestObject::default();
     let request = request.unwrap_or(&default);
-    let mut headers = Map::new();
-    for (name, value) in request.headers.iter().chain(&request.set_headers) {
-        let name = canonical_header_name(name);
-        if !settings.exclude_headers.contains(&name) {
-            headers.insert(name, Value::String(value.clone()));
-        }
-    }
-    for name in &request.delete_headers {
-        headers.remove(&canonical_header_name(name));
-    }
+    let headers: Map<String, Value> = upstream_headers(request)
+        .filter(|(name, _)| !settings.exclude_headers.iter().any(|x| x == name))
+        .map(|(name, value)| (name.into_owned(), Value::String(value.clone())))
+        .collect();
     let body: &[u8] = if request.raw_body.is_empty() {
         request.body.as_bytes()
     } else {

@@ -46,7 +46,7 @@ use super::{
 };
 use crate::{
     hooks::{
-        cel::{self, ComputedMap, Expression, Scope, TemplateSetting},
+        cel::{ComputedMap, Expression, Input, Scope, TemplateSetting},
         config::StepConfig,
         parts::ObjectParts,
         recorded::Recorded,
@@ -457,7 +457,7 @@ impl Step for DecisionStep {
     ) -> Result<StepOutcome, StepError> {
         let (key, doc) = {
             let key_reads = self.cache.as_ref().map(|(key, _)| key.variables());
-            let input = cel::input(
+            let input = Input::new(
                 object,
                 cx,
                 key_reads.unwrap_or_default().union(self.extra.variables()),

@@ -102,7 +102,7 @@ fn the_input_document_leaves_credentials_out() {
     );
     let object = call("alice");
     let cx = cx(pb::HookType::Pre);
-    let input = cel::input(&object, &cx, step.extra.variables());
+    let input = Input::new(&object, &cx, step.extra.variables());
     let doc = document(&step.input, &step.extra, &object, &cx, &input).unwrap();
     assert_eq!(
         doc["request"]["headers"],
